@@ -1,0 +1,91 @@
+"""Overhead of running a sub-network through the supernet vs. the same sub-network extracted.
+
+One train step = forward, cross-entropy, backward, SGD step. The two variants alternate (A/B, B/A)
+over many rounds and the median of the per-round ratios is printed, so machine noise hits both.
+Goal (issue #2): ratio <= 1.05 for alphanet A0 at batch 32 and fmnist largest/smallest at batch 256.
+
+    python benchmarks/dynamic_overhead.py [--rounds 15] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from supernet import Supernet, spaces
+from supernet.cost import macs
+
+A0 = {
+    "resolution": 192,
+    "width": [16, 16, 24, 32, 64, 112, 192, 216, 1792],
+    "depth": [1, 3, 3, 3, 3, 3, 1],
+    "kernel_size": [3, 3, 3, 3, 3, 3, 3],
+    "expand_ratio": [1, 4, 4, 4, 4, 6, 6],
+}
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Time one forward/backward/SGD step in seconds."""
+    start = time.perf_counter()
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    return time.perf_counter() - start
+
+
+def measure(space_name: str, which: str, batch: int, rounds: int, num_classes: int) -> dict:
+    """Median supernet/extracted step-time ratio for one sub-network."""
+    space = spaces.get(space_name)
+    arch = {"largest": space.largest(), "smallest": space.smallest()}.get(which) or space.arch_from_attentivenas(A0)
+    net = Supernet(space, num_classes).train()
+    net.set_active(arch)
+    static = net.extract(arch).train()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, space.in_channels, arch.resolution, arch.resolution, generator=g)
+    y = torch.randint(0, num_classes, (batch,), generator=g)
+    opt_dyn = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+    opt_static = torch.optim.SGD(static.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+    for _ in range(2):  # warm-up: allocator, momentum buffers, oneDNN primitives
+        train_step(net, opt_dyn, x, y)
+        train_step(static, opt_static, x, y)
+    ratios, dyn_times, static_times = [], [], []
+    for r in range(rounds):
+        if r % 2 == 0:
+            td = train_step(net, opt_dyn, x, y)
+            ts = train_step(static, opt_static, x, y)
+        else:
+            ts = train_step(static, opt_static, x, y)
+            td = train_step(net, opt_dyn, x, y)
+        ratios.append(td / ts)
+        dyn_times.append(td)
+        static_times.append(ts)
+    return {
+        "case": f"{space_name} {which} batch {batch}",
+        "mmacs": macs(space, arch, num_classes) / 1e6,
+        "supernet_ms": statistics.median(dyn_times) * 1e3,
+        "extracted_ms": statistics.median(static_times) * 1e3,
+        "ratio": statistics.median(ratios),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cases = [("alphanet", "A0", 32, 1000), ("fmnist", "largest", 256, 10), ("fmnist", "smallest", 256, 10)]
+    print(f"dynamic overhead: supernet vs extracted train step, {args.rounds} interleaved rounds, "
+          f"{args.threads} threads, torch {torch.__version__}")
+    print(f"{'case':<28} {'MMACs':>8} {'supernet ms':>12} {'extracted ms':>13} {'median ratio':>13}")
+    for space_name, which, batch, num_classes in cases:
+        r = measure(space_name, which, batch, args.rounds, num_classes)
+        print(f"{r['case']:<28} {r['mmacs']:8.2f} {r['supernet_ms']:12.1f} {r['extracted_ms']:13.1f} {r['ratio']:13.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Cost model: analytic MACs and parameter counts of a sub-network, and a hook-based reference count.
+
+Convention (AttentiveNAS/AlphaNet): multiply-adds of convolutions (including squeeze-excite and
+shortcut convs) and linear layers; BatchNorm, activations, pooling, residual adds and biases are free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from supernet.space import Arch, SearchSpace, block_mid_channels, expanded_width, se_width
+
+
+def conv_out_size(size: int, kernel: int, stride: int) -> int:
+    """Output side of a 'same'-padded conv (padding kernel // 2): ceil(size / stride) for odd kernels."""
+    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+@dataclass(frozen=True)
+class Cost:
+    """MACs and parameters of one sub-network."""
+
+    macs: int
+    params: int
+
+
+def cost(space: SearchSpace, arch: Arch, num_classes: int, in_channels: int | None = None) -> Cost:
+    """Analytic MACs and parameter count of `arch`, without building or running it."""
+    spec = space.spec
+    c_in = space.in_channels if in_channels is None else in_channels
+    k, s = spec.stem.kernel, spec.stem.stride
+    size = conv_out_size(arch.resolution, k, s)
+    c = arch.stem_width
+    macs = c_in * c * k * k * size * size
+    params = c_in * c * k * k + 2 * c
+    for st, width, depth, kernels, ratios in zip(
+        spec.stages, arch.widths, arch.depths, arch.kernels, arch.expand_ratios
+    ):
+        for b in range(depth):
+            stride = st.stride if b == 0 else 1
+            kernel, ratio = kernels[b], ratios[b]
+            mid = block_mid_channels(c, ratio)
+            out_size = conv_out_size(size, kernel, stride)
+            if ratio != 1:
+                macs += c * mid * size * size
+                params += c * mid + 2 * mid
+            macs += mid * kernel * kernel * out_size * out_size
+            params += mid * kernel * kernel + 2 * mid
+            if st.se:
+                r = se_width(mid)
+                macs += 2 * mid * r
+                params += 2 * mid * r + mid + r
+            macs += mid * width * out_size * out_size
+            params += mid * width + 2 * width
+            if st.shortcut == "conv" and c != width:
+                macs += c * width * out_size * out_size
+                params += c * width
+            c, size = width, out_size
+    mid = expanded_width(c, spec.head.expand_ratio)
+    macs += c * mid * size * size + mid * arch.head_width + arch.head_width * num_classes
+    params += c * mid + 2 * mid + mid * arch.head_width + arch.head_width * num_classes + num_classes
+    return Cost(macs=macs, params=params)
+
+
+def macs(space: SearchSpace, arch: Arch, num_classes: int, in_channels: int | None = None) -> int:
+    """Multiply-adds of one forward pass of `arch` on one image."""
+    return cost(space, arch, num_classes, in_channels).macs
+
+
+def params(space: SearchSpace, arch: Arch, num_classes: int, in_channels: int | None = None) -> int:
+    """Number of parameters of the extracted `arch` (BN running statistics excluded)."""
+    return cost(space, arch, num_classes, in_channels).params
+
+
+def count_macs_by_hooks(module: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """MACs of one forward pass measured with hooks on Conv2d and Linear layers (batch must be 1)."""
+    total = 0
+
+    def on_conv(m: nn.Conv2d, _inputs: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = m.kernel_size
+        total += out.numel() * (m.in_channels // m.groups) * kh * kw
+
+    def on_linear(m: nn.Linear, _inputs: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        total += out.numel() * m.in_features
+
+    handles = []
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(on_conv))
+        elif isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(on_linear))
+    was_training = module.training
+    try:
+        module.eval()
+        ref = next(module.parameters())
+        with torch.no_grad():
+            module(torch.zeros(input_shape, device=ref.device, dtype=ref.dtype))
+    finally:
+        module.train(was_training)
+        for h in handles:
+            h.remove()
+    return total
+
+
+def count_params(module: nn.Module) -> int:
+    """Number of parameters of a module."""
+    return sum(p.numel() for p in module.parameters())

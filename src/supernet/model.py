@@ -1,0 +1,119 @@
+"""The weight-sharing supernet: run any sub-network of a search space, extract it as a plain module."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from supernet.nn.dynamic_blocks import DynamicConvBnAct, DynamicHead, DynamicMBConv
+from supernet.nn.static import StaticNet, build_static
+from supernet.space import Arch, SearchSpace, expanded_width
+
+
+class Supernet(nn.Module):
+    """All sub-networks of `space` in one module; `set_active(arch)` picks the one `forward` runs.
+
+    Regularisation for training (the trainer sets these for the largest sub-network only):
+    `dropout_rate` before the classifier, `drop_connect_rate` on residual blocks (scaled by block
+    depth as in AttentiveNAS), drawing from `noise_generator` when given.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        num_classes: int,
+        in_channels: int | None = None,
+        kernel_transform: bool = False,
+    ):
+        super().__init__()
+        self.space = space
+        self.num_classes = num_classes
+        self.in_channels = space.in_channels if in_channels is None else in_channels
+        self.kernel_transform = kernel_transform
+        spec = space.spec
+        self.stem = DynamicConvBnAct(
+            self.in_channels, max(spec.stem.widths), spec.stem.kernel, spec.stem.stride, spec.stem.activation
+        )
+        stages, prev_widths = [], spec.stem.widths
+        for st in spec.stages:
+            blocks = []
+            for b in range(max(st.depths)):
+                blocks.append(
+                    DynamicMBConv(
+                        prev_widths if b == 0 else st.widths,
+                        st.widths,
+                        st.kernels,
+                        st.expand_ratios,
+                        st.stride if b == 0 else 1,
+                        st.se,
+                        st.activation,
+                        st.shortcut,
+                        kernel_transform,
+                    )
+                )
+            stages.append(nn.ModuleList(blocks))
+            prev_widths = st.widths
+        self.stages = nn.ModuleList(stages)
+        last = max(prev_widths)
+        self.head = DynamicHead(
+            last,
+            max(expanded_width(w, spec.head.expand_ratio) for w in prev_widths),
+            max(spec.head.widths),
+            num_classes,
+            spec.head.activation,
+        )
+        self.dropout_rate = 0.0
+        self.drop_connect_rate = 0.0
+        self.noise_generator: torch.Generator | None = None
+        self._reset_parameters()
+        self.active_arch = space.largest()
+        self.set_active(self.active_arch)
+
+    def _reset_parameters(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        # Zero-init the last BN of each always-residual block so it starts as identity (BigNAS);
+        # blocks without a shortcut keep gamma = 1 or they would pass nothing on.
+        for stage in self.stages:
+            for b, block in enumerate(stage):
+                if b > 0 or block.shortcut_kind == "conv":
+                    nn.init.zeros_(block.project_bn.weight)
+        nn.init.normal_(self.head.classifier.weight, std=0.01)
+        nn.init.zeros_(self.head.classifier.bias)
+
+    def set_active(self, arch: Arch) -> None:
+        """Make `arch` the sub-network that `forward` runs (raises ArchError if it is out of space)."""
+        self.space.validate(arch)
+        for s, stage in enumerate(self.stages):
+            for b in range(arch.depths[s]):
+                stage[b].configure(arch.widths[s], arch.kernels[s][b], arch.expand_ratios[s][b])
+        self.active_arch = arch
+
+    def forward(self, x: Tensor) -> Tensor:
+        arch = self.active_arch
+        x = self.stem(x, arch.stem_width)
+        total = sum(arch.depths)
+        index = 0
+        for stage, depth in zip(self.stages, arch.depths):
+            for b in range(depth):
+                rate = self.drop_connect_rate * index / total
+                x = stage[b](x, rate, self.noise_generator)
+                index += 1
+        mid = expanded_width(x.shape[1], self.space.spec.head.expand_ratio)
+        return self.head(x, mid, arch.head_width, self.dropout_rate, self.noise_generator)
+
+    @torch.no_grad()
+    def extract(self, arch: Arch | None = None) -> StaticNet:
+        """A standalone plain-torch network of `arch` (default: the active one) with copied weights."""
+        arch = self.active_arch if arch is None else arch
+        net = build_static(self.space, arch, self.num_classes, self.in_channels)
+        self.stem.copy_to(net.stem)
+        blocks = iter(net.blocks)
+        for stage, depth in zip(self.stages, arch.depths):
+            for b in range(depth):
+                stage[b].copy_to(next(blocks))
+        self.head.copy_to(net.head)
+        ref = next(self.parameters())
+        return net.to(device=ref.device, dtype=ref.dtype).train(self.training)

@@ -1,0 +1,147 @@
+"""Static networks built from plain torch layers: what `Supernet.extract` returns and users deploy."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from supernet.nn.activations import make_activation
+from supernet.space import Arch, SearchSpace, block_mid_channels, expanded_width, se_width
+
+
+def conv_bn_act(in_c: int, out_c: int, kernel: int, stride: int, activation: str | None, groups: int = 1) -> nn.Sequential:
+    """Conv (no bias) + BatchNorm + optional activation."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_c, out_c, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(out_c),
+    ]
+    if activation is not None:
+        layers.append(make_activation(activation))
+    return nn.Sequential(*layers)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-excite: global pool, 1x1 reduce + ReLU, 1x1 expand + hard-sigmoid, rescale."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        reduced = se_width(channels)
+        self.reduce = nn.Conv2d(channels, reduced, 1, bias=True)
+        self.expand = nn.Conv2d(reduced, channels, 1, bias=True)
+        self.relu = nn.ReLU()
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x.mean((2, 3), keepdim=True)
+        return x * self.gate(self.expand(self.relu(self.reduce(y))))
+
+
+class Shortcut(nn.Module):
+    """Residual branch for a shape change: average-pool when strided, then 1x1 conv when widths differ."""
+
+    def __init__(self, in_c: int, out_c: int, stride: int):
+        super().__init__()
+        self.pool = nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else None
+        self.conv = nn.Conv2d(in_c, out_c, 1, bias=False) if in_c != out_c else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.pool is not None:
+            x = self.pool(x)
+        if self.conv is not None:
+            x = self.conv(x)
+        return x
+
+
+class MBConv(nn.Module):
+    """Inverted-residual block: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project, plus shortcut."""
+
+    def __init__(
+        self,
+        in_c: int,
+        out_c: int,
+        kernel: int,
+        expand_ratio: float,
+        stride: int,
+        se: bool,
+        activation: str,
+        shortcut: str = "conv",
+    ):
+        super().__init__()
+        mid = block_mid_channels(in_c, expand_ratio)
+        self.expand = conv_bn_act(in_c, mid, 1, 1, activation) if expand_ratio != 1 else None
+        self.depthwise = conv_bn_act(mid, mid, kernel, stride, activation, groups=mid)
+        self.se = SqueezeExcite(mid) if se else None
+        self.project = conv_bn_act(mid, out_c, 1, 1, None)
+        self.identity = in_c == out_c and stride == 1
+        self.shortcut = Shortcut(in_c, out_c, stride) if shortcut == "conv" and not self.identity else None
+        self.residual = self.identity or self.shortcut is not None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x if self.expand is None else self.expand(x)
+        y = self.depthwise(y)
+        if self.se is not None:
+            y = self.se(y)
+        y = self.project(y)
+        if self.identity:
+            return y + x
+        if self.shortcut is not None:
+            return y + self.shortcut(x)
+        return y
+
+
+class Head(nn.Module):
+    """1x1 expand conv (BN + act), global average pool, 1x1 conv (act, no BN), dropout, linear."""
+
+    def __init__(self, in_c: int, mid_c: int, width: int, num_classes: int, activation: str, dropout: float = 0.0):
+        super().__init__()
+        self.expand = conv_bn_act(in_c, mid_c, 1, 1, activation)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.mix = nn.Conv2d(mid_c, width, 1, bias=False)
+        self.mix_act = make_activation(activation)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.mix_act(self.mix(self.pool(self.expand(x))))
+        return self.classifier(self.dropout(torch.flatten(x, 1)))
+
+
+class StaticNet(nn.Module):
+    """A plain sub-network: stem, MBConv blocks, head. No reference to any supernet."""
+
+    def __init__(self, stem: nn.Module, blocks: list[MBConv], head: Head):
+        super().__init__()
+        self.stem = stem
+        self.blocks = nn.Sequential(*blocks)
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
+def build_static(
+    space: SearchSpace, arch: Arch, num_classes: int, in_channels: int | None = None, dropout: float = 0.0
+) -> StaticNet:
+    """A freshly initialised static network of `arch` (weights are copied in by `Supernet.extract`)."""
+    space.validate(arch)
+    in_channels = space.in_channels if in_channels is None else in_channels
+    stem = conv_bn_act(in_channels, arch.stem_width, space.spec.stem.kernel, space.spec.stem.stride, space.spec.stem.activation)
+    blocks, c = [], arch.stem_width
+    for s, st in enumerate(space.stages):
+        for b in range(arch.depths[s]):
+            blocks.append(
+                MBConv(
+                    c,
+                    arch.widths[s],
+                    arch.kernels[s][b],
+                    arch.expand_ratios[s][b],
+                    st.stride if b == 0 else 1,
+                    st.se,
+                    st.activation,
+                    st.shortcut,
+                )
+            )
+            c = arch.widths[s]
+    head_spec = space.spec.head
+    head = Head(c, expanded_width(c, head_spec.expand_ratio), arch.head_width, num_classes, head_spec.activation, dropout)
+    return StaticNet(stem, blocks, head)
