@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# One thread: small test workloads gain little from two, and oversubscribed OpenMP threads
+# (another process busy on the same 2 cores) slow them down by an order of magnitude.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -108,7 +108,8 @@ class Supernet(nn.Module):
     def extract(self, arch: Arch | None = None) -> StaticNet:
         """A standalone plain-torch network of `arch` (default: the active one) with copied weights."""
         arch = self.active_arch if arch is None else arch
-        net = build_static(self.space, arch, self.num_classes, self.in_channels)
+        with torch.random.fork_rng(devices=[]):  # the fresh init is overwritten; keep the global RNG untouched
+            net = build_static(self.space, arch, self.num_classes, self.in_channels)
         self.stem.copy_to(net.stem)
         blocks = iter(net.blocks)
         for stage, depth in zip(self.stages, arch.depths):

@@ -289,7 +289,7 @@ class SearchSpace:
         try:
             return cls(SpaceSpec.model_validate(d))
         except ValidationError as err:
-            raise SpaceError(f"{source}: {_describe_validation_error(err)}") from None
+            raise SpaceError(f"{source}: {describe_validation_error(err)}") from None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SearchSpace:
@@ -417,6 +417,35 @@ class SearchSpace:
             head_width=pick(a.head_width, b.head_width),
         )
 
+    def restrict(
+        self,
+        kernel: int | None = None,
+        depth: int | None = None,
+        expand: int | None = None,
+        width: int | None = None,
+        resolution: int | None = None,
+    ) -> SearchSpace:
+        """The sub-space keeping only the `n` largest choices of each named dimension (None: all).
+
+        OFA's progressive shrinking trains such sub-spaces in turn (e.g. kernel=3, depth=1, expand=1).
+        """
+
+        def top(choices: list, n: int | None) -> list:
+            if n is not None and n < 1:
+                raise SpaceError(f"restrict keeps at least 1 choice per dimension, got {n}")
+            return choices if n is None else choices[-n:]
+
+        data = self.to_dict()
+        data["resolutions"] = top(data["resolutions"], resolution)
+        for st in data["stages"]:
+            st["kernels"] = top(st["kernels"], kernel)
+            st["depths"] = top(st["depths"], depth)
+            st["expand_ratios"] = top(st["expand_ratios"], expand)
+            st["widths"] = top(st["widths"], width)
+        data["stem"]["widths"] = top(data["stem"]["widths"], width)
+        data["head"]["widths"] = top(data["head"]["widths"], width)
+        return SearchSpace.from_dict(data, source=f"{self.name} restricted")
+
     def size(self) -> int:
         """Number of distinct sub-networks in the space."""
         total = len(self.spec.resolutions) * len(self.spec.stem.widths) * len(self.spec.head.widths)
@@ -513,8 +542,8 @@ def _check_choice(what: str, value: Any, choices: list) -> None:
         raise ArchError(f"{what} {value} is not in the space's choices {choices}")
 
 
-def _describe_validation_error(err: ValidationError) -> str:
-    """One line per schema problem, joined: 'stages.2.widths: must be positive'."""
+def describe_validation_error(err: ValidationError) -> str:
+    """All schema problems of a pydantic error on one line: "stages.2.widths: must be positive; ..."."""
     parts = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"

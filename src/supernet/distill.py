@@ -1,0 +1,406 @@
+"""Knowledge-distillation maths: KL-family and alpha-divergences, and ensemble teachers.
+
+Every divergence takes logits of shape (batch, classes), treats the teacher as a constant, computes in at
+least float32 (also under autocast) and by default returns the mean over the batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from types import MappingProxyType
+from typing import Literal, overload
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+__all__ = [
+    "DIVERGENCES",
+    "Divergence",
+    "Reduction",
+    "adaptive_alpha_divergence",
+    "alpha_divergence",
+    "ensemble_teacher",
+    "get_divergence",
+    "kl_divergence",
+    "reverse_kl_divergence",
+    "soft_cross_entropy",
+    "symmetric_kl_divergence",
+]
+
+Reduction = Literal["mean", "none"]
+Divergence = Callable[[Tensor, Tensor], Tensor]
+
+# Terms q_i (p_i/q_i)^alpha are saturated at exp(_LOG_CAP): such a divergence is astronomically large
+# anyway, and without the cap float32 overflows to inf (e.g. alpha = -1 with a teacher probability of 0).
+_LOG_CAP = 50.0
+
+
+def _working_dtype(x: Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _check_pair(student_logits: Tensor, teacher_logits: Tensor) -> None:
+    if student_logits.dim() != 2 or student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            "expected student and teacher logits of the same shape (batch, classes), got "
+            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
+        )
+
+
+def _log_probs(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """Return (log q, log p): student and (detached) teacher log-probabilities at this temperature."""
+    _check_pair(student_logits, teacher_logits)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    dtype = torch.promote_types(_working_dtype(student_logits), _working_dtype(teacher_logits))
+    student, teacher = student_logits.to(dtype), teacher_logits.detach().to(dtype)
+    if temperature != 1.0:
+        student, teacher = student / temperature, teacher / temperature
+    return torch.log_softmax(student, dim=1), torch.log_softmax(teacher, dim=1)
+
+
+def _reduce(per_sample: Tensor, reduction: Reduction) -> Tensor:
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "none":
+        return per_sample
+    raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+
+
+def _no_autocast(x: Tensor) -> torch.autocast:
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+def kl_divergence(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, reduction: Reduction = "mean"
+) -> Tensor:
+    """T^2 * KL(p || q), p = teacher and q = student probabilities softened by the temperature T."""
+    with _no_autocast(student_logits):
+        log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
+        per_sample = (log_p.exp() * (log_p - log_q)).sum(1).clamp_min(0)
+        return _reduce(per_sample * temperature**2, reduction)
+
+
+def reverse_kl_divergence(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, reduction: Reduction = "mean"
+) -> Tensor:
+    """T^2 * KL(q || p), q = student and p = teacher probabilities softened by the temperature T."""
+    with _no_autocast(student_logits):
+        log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
+        per_sample = (log_q.exp() * (log_q - log_p)).sum(1).clamp_min(0)
+        return _reduce(per_sample * temperature**2, reduction)
+
+
+def symmetric_kl_divergence(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, reduction: Reduction = "mean"
+) -> Tensor:
+    """T^2 * (KL(p || q) + KL(q || p)) for teacher p and student q softened by the temperature T."""
+    with _no_autocast(student_logits):
+        log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
+        per_sample = ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(1).clamp_min(0)
+        return _reduce(per_sample * temperature**2, reduction)
+
+
+def soft_cross_entropy(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, reduction: Reduction = "mean"
+) -> Tensor:
+    """T^2 * (-sum_i p_i log q_i), the cross-entropy against soft teacher labels (AttentiveNAS/BigNAS KD)."""
+    with _no_autocast(student_logits):
+        log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
+        per_sample = -(log_p.exp() * log_q).sum(1)
+        return _reduce(per_sample * temperature**2, reduction)
+
+
+def _base_times_expm1(log_base: Tensor, y: Tensor) -> Tensor:
+    """Elementwise b * (exp(y) - 1) with b = exp(log_base), accurate for small y, log b + y capped."""
+    y = torch.minimum(y, _LOG_CAP - log_base)
+    base = log_base.exp()
+    return torch.where(y > 1.0, torch.exp(log_base + y) - base, base * torch.expm1(y.clamp(max=1.0)))
+
+
+def _alpha_value(log_q: Tensor, log_p: Tensor, log_ratio: Tensor, alpha: float) -> Tensor:
+    """Per-sample D_alpha(p || q) = (sum_i q_i (p_i/q_i)^alpha - 1) / (alpha (alpha - 1))."""
+    if alpha == 0.0:
+        return (-(log_q.exp() * log_ratio).sum(1)).clamp_min(0)
+    if alpha == 1.0:
+        return (log_p.exp() * log_ratio).sum(1).clamp_min(0)
+    # sum_i q_i ((p_i/q_i)^a - 1) = sum_i p_i ((p_i/q_i)^(a-1) - 1) since both p and q sum to one; the
+    # second form keeps relative accuracy near a = 1 (expm1 of a small exponent), the first near a = 0.
+    if alpha >= 0.5:
+        total = _base_times_expm1(log_p, (alpha - 1.0) * log_ratio).sum(1)
+    else:
+        total = _base_times_expm1(log_q, alpha * log_ratio).sum(1)
+    return (total / (alpha * (alpha - 1.0))).clamp_min(0)
+
+
+def _alpha_grad_log_q(log_q: Tensor, log_ratio: Tensor, alpha: float, clip: float | None) -> Tensor:
+    """A gradient v with respect to log q whose log-softmax pull-back is AlphaNet's Eq. 5 gradient."""
+    if alpha == 0.0:
+        return -log_q.exp() * log_ratio
+    # v = -(1/a) q (w - 1) with w = min((p/q)^a, clip); the log-softmax backward v - q sum(v) then gives
+    # -(1/a) (q w - q sum_j q_j w_j), and the -1 (which it removes) keeps expm1 accuracy near a = 0.
+    exponent = alpha * log_ratio
+    if clip is not None:
+        exponent = exponent.clamp(max=math.log(clip))
+    return _base_times_expm1(log_q, exponent) / -alpha
+
+
+class _AlphaDivergence(torch.autograd.Function):
+    """Per-sample D_alpha(p || q) from log-probabilities, with the (optionally clipped) Eq. 5 gradient."""
+
+    @staticmethod
+    def forward(ctx, log_q: Tensor, log_p: Tensor, alpha: float, clip: float | None) -> Tensor:
+        log_ratio = log_p - log_q
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(_alpha_grad_log_q(log_q, log_ratio, alpha, clip))
+        return _alpha_value(log_q, log_p, log_ratio, alpha)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None, None]:
+        (grad_log_q,) = ctx.saved_tensors
+        return grad_log_q * grad_output[:, None], None, None, None
+
+
+def _checked_alpha(alpha: float, clip: float | None) -> float:
+    if not math.isfinite(alpha):
+        raise ValueError(f"alpha must be finite, got {alpha}")
+    if clip is not None and not clip > 0:
+        raise ValueError(f"clip must be positive or None, got {clip}")
+    # within 1e-12 of a limit the limit is exact to far below float precision, and 1/alpha would underflow
+    for limit in (0.0, 1.0):
+        if abs(alpha - limit) < 1e-12:
+            return limit
+    return float(alpha)
+
+
+def alpha_divergence(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    alpha: float,
+    clip: float | None = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """D_alpha(p || q) (AlphaNet Eq. 3); with clip=beta its gradient is Eq. 5, ratio weights clipped at beta."""
+    alpha = _checked_alpha(alpha, clip)
+    with _no_autocast(student_logits):
+        log_q, log_p = _log_probs(student_logits, teacher_logits, 1.0)
+        return _reduce(_AlphaDivergence.apply(log_q, log_p, alpha, clip), reduction)
+
+
+@overload
+def adaptive_alpha_divergence(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    alpha_min: float = ...,
+    alpha_max: float = ...,
+    clip: float | None = ...,
+    reduction: Reduction = ...,
+    return_choice: Literal[False] = ...,
+) -> Tensor: ...
+
+
+@overload
+def adaptive_alpha_divergence(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    alpha_min: float = ...,
+    alpha_max: float = ...,
+    clip: float | None = ...,
+    reduction: Reduction = ...,
+    *,
+    return_choice: Literal[True],
+) -> tuple[Tensor, Tensor]: ...
+
+
+def adaptive_alpha_divergence(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    alpha_min: float = -1.0,
+    alpha_max: float = 1.0,
+    clip: float | None = 5.0,
+    reduction: Reduction = "mean",
+    return_choice: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Per sample the larger of D_alpha_min and D_alpha_max (AlphaNet); optionally which side won."""
+    alpha_min, alpha_max = _checked_alpha(alpha_min, clip), _checked_alpha(alpha_max, clip)
+    with _no_autocast(student_logits):
+        log_q, log_p = _log_probs(student_logits, teacher_logits, 1.0)
+        low = _AlphaDivergence.apply(log_q, log_p, alpha_min, clip)
+        high = _AlphaDivergence.apply(log_q, log_p, alpha_max, clip)
+        max_side_won = high >= low
+        loss = _reduce(torch.where(max_side_won, high, low), reduction)
+    return (loss, max_side_won) if return_choice else loss
+
+
+DIVERGENCES: MappingProxyType[str, Callable[..., Tensor]] = MappingProxyType(
+    {
+        "kl": kl_divergence,
+        "reverse_kl": reverse_kl_divergence,
+        "symmetric_kl": symmetric_kl_divergence,
+        "soft_ce": soft_cross_entropy,
+        "alpha": alpha_divergence,
+        "adaptive_alpha": adaptive_alpha_divergence,
+    }
+)
+
+
+def get_divergence(name: str, **kwargs: object) -> Divergence:
+    """The divergence registered under `name`, with `kwargs` bound: a function (student, teacher) -> loss."""
+    if name not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {name!r}; choose one of {sorted(DIVERGENCES)}")
+    fn = DIVERGENCES[name]
+    if "return_choice" in kwargs:
+        raise ValueError("return_choice cannot be bound through get_divergence; call the function directly")
+    try:
+        inspect.signature(fn).bind(None, None, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"invalid arguments for divergence {name!r}: {err}") from None
+    return functools.partial(fn, **kwargs)
+
+
+def _stack_members(logits_list: Sequence[Tensor] | Tensor) -> Tensor:
+    members = logits_list if isinstance(logits_list, Tensor) else torch.stack(list(logits_list))
+    if members.dim() != 3 or members.shape[0] == 0:
+        raise ValueError(f"expected m >= 1 logits of shape (batch, classes), got shape {tuple(members.shape)}")
+    return members.detach().to(_working_dtype(members))
+
+
+def _kkt_step(grad: np.ndarray, hess: np.ndarray) -> np.ndarray:
+    """The Newton step d minimising grad.d + d.hess.d/2 subject to sum(d) = 0."""
+    m = grad.size
+    kkt = np.ones((m + 1, m + 1))
+    kkt[:m, :m] = hess
+    kkt[m, m] = 0.0
+    return np.linalg.solve(kkt, np.append(-grad, 0.0))[:m]
+
+
+def _box_qp_step(grad: np.ndarray, hess: np.ndarray, w: np.ndarray, lower: float, upper: float) -> np.ndarray:
+    """Minimise grad.d + d.hess.d/2 s.t. sum(d) = 0 and lower <= w + d <= upper (primal active set)."""
+    if lower < w.min() and w.max() < upper:  # the usual case: no bound is active and the step fits
+        d = _kkt_step(grad, hess)
+        if lower <= (w + d).min() and (w + d).max() <= upper:
+            return d
+    m = grad.size
+    lo, hi = lower - w, upper - w
+    # state: -1 held at the lower bound, +1 held at the upper bound, 0 free
+    state = np.where(lo >= 0, -1, np.where(hi <= 0, 1, 0))
+    d = np.where(state < 0, lo, np.where(state > 0, hi, 0.0))
+    tol = 1e-12 * (1.0 + np.abs(grad).max())
+    for _ in range(3 * m + 5):
+        held = state != 0
+        free = np.flatnonzero(~held)
+        k = free.size
+        if k == 0:
+            break
+        kkt = np.ones((k + 1, k + 1))
+        kkt[:k, :k] = hess[np.ix_(free, free)]
+        kkt[k, k] = 0.0
+        rhs = np.append(-(grad[free] + hess[free][:, held] @ d[held]), -d[held].sum())
+        solution = np.linalg.solve(kkt, rhs)
+        move = solution[:k] - d[free]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            room = np.where(move < 0, (lo[free] - d[free]) / move, (hi[free] - d[free]) / move)
+        room = np.where(move == 0, np.inf, room)
+        blocking = int(np.argmin(room))
+        if room[blocking] < 1.0:
+            d[free] += max(room[blocking], 0.0) * move
+            j = free[blocking]
+            state[j] = -1 if move[blocking] < 0 else 1
+            d[j] = lo[j] if state[j] < 0 else hi[j]
+            continue
+        d[free] = solution[:k]
+        # multipliers of the held bounds: residual + nu must be >= 0 at a lower, <= 0 at an upper bound
+        multiplier = (grad + hess @ d + solution[k]) * -state
+        violated = held & (multiplier < -tol)
+        if not violated.any():
+            break
+        state[np.argmin(np.where(violated, multiplier, np.inf))] = 0
+    return d
+
+
+def _optimal_weights(members: Tensor, labels: Tensor, lower: float, upper: float, max_iter: int) -> np.ndarray:
+    """Weights w (sum 1, lower <= w <= upper) minimising the batch cross-entropy of sum_i w_i z_i."""
+    m, n, c = members.shape
+    z = members.to(torch.float64).reshape(m, n * c)
+    label_index = torch.arange(0, n * c, c) + labels
+    label_mean = z[:, label_index].mean(1).numpy()
+    weighted, gram = torch.empty_like(z), z.new_empty(m, m)  # reused: fresh large buffers cost page faults
+
+    def evaluate(w: np.ndarray) -> tuple[float, Tensor]:
+        log_probs = torch.log_softmax(torch.mv(z.T, torch.from_numpy(w)).view(n, c), 1)
+        return -float(torch.take(log_probs, label_index).sum()) / n, log_probs
+
+    # Newton's method with exact Hessian and backtracking; the m x m algebra runs in numpy, where at this
+    # size torch's per-call overhead would dominate the solve.
+    w = np.full(m, 1.0 / m)
+    f, log_probs = evaluate(w)
+    for _ in range(max_iter):
+        torch.mul(z, log_probs.exp().view(-1), out=weighted)
+        moments = weighted.view(m, n, c).sum(2)
+        grad = moments.sum(1).numpy() / n - label_mean
+        # Hessian of the mean CE in w: sum over samples of Z_n^T (diag(s_n) - s_n s_n^T) Z_n, over n
+        hess = torch.mm(weighted, z.T, out=gram).addmm_(moments, moments.T, alpha=-1.0).numpy() / n
+        # a tiny ridge keeps the Newton system solvable when members coincide (a flat direction)
+        hess.flat[:: m + 1] += 1e-10 * hess.trace() / m + 1e-14
+        step_dir = _box_qp_step(grad, hess, w, lower, upper)
+        decrement = -float(grad @ step_dir)
+        if decrement <= 1e-12 * max(1.0, abs(f)):
+            break
+        for halving in range(40):
+            step = 0.5**halving
+            candidate = np.clip(w + step * step_dir, lower, upper)
+            f_new, log_probs_new = evaluate(candidate)
+            if f_new <= f - 1e-4 * step * decrement:
+                break
+        else:
+            break  # no decrease beyond rounding: w is optimal to working precision
+        w, f, log_probs = candidate, f_new, log_probs_new
+        # f - f* is about decrement / 2 before a full Newton step and far smaller after it: no need to
+        # pay for another Hessian just to confirm convergence
+        if step == 1.0 and decrement <= 1e-7 * max(1.0, abs(f)):
+            break
+    return w
+
+
+def ensemble_teacher(
+    logits_list: Sequence[Tensor] | Tensor,
+    labels: Tensor | None = None,
+    weights: Literal["optimal", "mean"] = "optimal",
+    *,
+    nonnegative: bool = False,
+    bound: float | None = 10.0,
+    max_iter: int = 50,
+) -> tuple[Tensor, Tensor]:
+    """Detached teacher logits sum_i w_i z_i and the weights w (EnNAS): CE-optimal with sum 1, or the mean.
+
+    With "optimal", w minimises the batch cross-entropy against `labels` subject to sum(w) = 1, and w >= 0
+    when `nonnegative`. Otherwise |w_i| <= `bound` (None: no bound): when some weighting separates the
+    batch, the cross-entropy has no minimiser and the weights would grow without end.
+    """
+    with _no_autocast(logits_list if isinstance(logits_list, Tensor) else logits_list[0]):
+        members = _stack_members(logits_list)
+        m, n, _ = members.shape
+        if weights == "mean":
+            w = torch.full((m,), 1.0 / m, dtype=members.dtype, device=members.device)
+        elif weights == "optimal":
+            if labels is None or labels.shape != (n,):
+                raise ValueError(f"weights='optimal' needs integer labels of shape ({n},)")
+            if bound is not None and not bound >= 1.0:
+                raise ValueError(f"bound must be >= 1 or None, got {bound}")
+            if max_iter < 1:
+                raise ValueError(f"max_iter must be positive, got {max_iter}")
+            lower, upper = (0.0, math.inf) if nonnegative else (-(bound or math.inf), bound or math.inf)
+            if m == 1:
+                solved = np.ones(1)
+            else:
+                solved = _optimal_weights(members.cpu(), labels.cpu().long(), lower, upper, max_iter)
+            w = torch.from_numpy(solved).to(device=members.device, dtype=members.dtype)
+        else:
+            raise ValueError(f"weights must be 'optimal' or 'mean', got {weights!r}")
+        return torch.tensordot(w, members, dims=1), w

@@ -1,0 +1,1 @@
+"""Search over a trained supernet: evaluation (BN recalibration + cached accuracy), evolution, Pareto fronts."""

@@ -1,0 +1,1 @@
+"""Training: config schema, samplers, teachers, schedules, checkpoints and the one training loop."""

@@ -1,0 +1,263 @@
+"""Training configuration: a YAML file validated against a schema, with `key.path=value` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from supernet.space import describe_validation_error
+
+
+class ConfigError(ValueError):
+    """A training configuration is invalid."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    """Which data set, where, and how it is batched."""
+
+    name: Literal["fashion_mnist", "cifar10", "cifar100", "imagefolder"] = "fashion_mnist"
+    root: str | None = Field(None, description="data directory (default: the data set's standard location)")
+    val_size: int = Field(5000, ge=0, description="images held out of the training set for BN/search/selection")
+    limit: int | None = Field(None, gt=0, description="train on a seeded subset of this many images (quick runs)")
+    image_size: int | None = Field(None, gt=0, description="imagefolder: decode size (default 224)")
+    batch_size: int = Field(256, gt=0, description="images per step per process")
+    eval_batch_size: int = Field(512, gt=0)
+    workers: int = Field(0, ge=0, description="decoding processes (imagefolder)")
+
+
+class GradClipConfig(_Section):
+    """Gradient clipping: by value (AlphaNet), by global norm, or off."""
+
+    kind: Literal["none", "value", "norm"] = "none"
+    value: float = Field(1.0, gt=0)
+
+
+class OptimConfig(_Section):
+    """SGD with Nesterov momentum and a cosine schedule with linear warm-up."""
+
+    lr: float = Field(0.1, gt=0, description="learning rate per `lr_reference_batch` images")
+    lr_reference_batch: int = Field(256, gt=0, description="the lr is scaled by global batch / this")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(1e-5, ge=0)
+    decay_bn_and_bias: bool = Field(False, description="apply weight decay to BN parameters and biases")
+    warmup_epochs: float = Field(0.0, ge=0)
+    warmup_start_factor: float = Field(0.01, gt=0, le=1)
+    min_lr_factor: float = Field(0.0, ge=0, le=1, description="final lr as a fraction of the peak")
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    grad_clip: GradClipConfig = GradClipConfig()
+
+
+class SandwichConfig(_Section):
+    name: Literal["sandwich"] = "sandwich"
+    num_random: int = Field(2, ge=0)
+
+
+class UniformConfig(_Section):
+    name: Literal["uniform"]
+    num_random: int = Field(1, ge=1)
+    include_largest: bool = False
+
+
+class CompoundConfig(_Section):
+    name: Literal["compound"]
+    num_random: int = Field(2, ge=0)
+    sandwich: bool = True
+
+
+class AttentiveConfig(_Section):
+    name: Literal["attentive"]
+    num_random: int = Field(2, ge=1)
+    candidates: int = Field(3, ge=1)
+    mode: Literal["best", "worst"] = "best"
+    num_buckets: int = Field(10, ge=1)
+
+
+class DiversityConfig(_Section):
+    name: Literal["diversity"]
+    num_networks: int = Field(4, ge=2, description="m: sub-networks per step, all students of their ensemble")
+    estimate_batches: int = Field(4, ge=1, description="batches used to re-estimate diversity each epoch")
+
+
+SamplerConfig = Annotated[
+    SandwichConfig | UniformConfig | CompoundConfig | AttentiveConfig | DiversityConfig,
+    Field(discriminator="name"),
+]
+
+
+class TeacherConfig(_Section):
+    """Where students' soft targets come from."""
+
+    name: Literal["none", "inplace", "ensemble", "external"] = "inplace"
+    ensemble_weights: Literal["optimal", "mean"] = "optimal"
+    ensemble_nonnegative: bool = False
+    checkpoint: str | None = Field(
+        None,
+        description="external: a run directory or checkpoint of this tool (its largest sub-network), "
+        "or 'snapshot' for a frozen copy of the largest sub-network taken when shrinking starts (OFA)",
+    )
+
+    @model_validator(mode="after")
+    def _external_needs_source(self) -> TeacherConfig:
+        if self.name == "external" and not self.checkpoint:
+            raise ValueError("teacher.checkpoint is required for the external teacher (a run dir or 'snapshot')")
+        return self
+
+
+class DistillConfig(_Section):
+    """Students' loss: kd_weight * divergence(student, teacher) + ce_weight * CE(student, labels)."""
+
+    divergence: Literal["kl", "reverse_kl", "symmetric_kl", "soft_ce", "alpha", "adaptive_alpha"] = "soft_ce"
+    options: dict[str, float] = Field(default_factory=dict, description="keyword arguments of the divergence")
+    kd_weight: float = Field(1.0, ge=0)
+    ce_weight: float = Field(0.0, ge=0)
+
+
+class PhaseConfig(_Section):
+    """One phase of OFA progressive shrinking: which dimensions are elastic, for how long, how fast."""
+
+    name: str
+    epochs: float = Field(gt=0)
+    lr: float | None = Field(None, gt=0, description="peak lr of the phase (default: optim.lr)")
+    num_random: int = Field(1, ge=0, description="sampled sub-networks per step besides the largest")
+    kernel: int | Literal["all"] = Field(1, description="how many of the largest kernel choices are elastic")
+    depth: int | Literal["all"] = 1
+    expand: int | Literal["all"] = 1
+    width: int | Literal["all"] = 1
+    resolution: int | Literal["all"] = "all"
+    reorder_channels: bool = Field(False, description="re-order channels by importance before the phase")
+    compound: bool = Field(False, description="couple depth and expand ratio per stage (CompOFA)")
+
+
+class ShrinkFromStartConfig(_Section):
+    name: Literal["shrink_from_start"] = "shrink_from_start"
+
+
+class DelayedEpsConfig(_Section):
+    name: Literal["delayed_eps"]
+    fm_warmup: float = Field(0.5, ge=0, lt=1, description="fraction of steps that train only the full model")
+    eps_start: float = Field(1e-4, gt=0, le=1)
+    eps_ramp: float = Field(0.1, ge=0, le=1, description="fraction of training over which eps reaches 1")
+
+
+class ProgressiveConfig(_Section):
+    name: Literal["progressive"]
+    phases: list[PhaseConfig] = Field(min_length=1)
+
+
+ScheduleConfig = Annotated[
+    ShrinkFromStartConfig | DelayedEpsConfig | ProgressiveConfig, Field(discriminator="name")
+]
+
+
+class TrainConfig(_Section):
+    """Length, precision, regularisation, evaluation and checkpoint cadence."""
+
+    epochs: float = Field(3, gt=0, description="epochs (ignored by the progressive schedule: phases set it)")
+    max_steps_per_epoch: int | None = Field(None, gt=0)
+    bf16: bool = Field(False, description="bfloat16 autocast for forward passes")
+    dropout: float = Field(0.0, ge=0, lt=1, description="before the classifier, largest network only")
+    drop_connect: float = Field(0.0, ge=0, lt=1, description="on residual blocks, largest network only")
+    eval_every_epochs: int = Field(1, ge=0, description="0: no per-epoch evaluation")
+    recal_images: int = Field(2048, gt=0, description="images for BN recalibration before evaluation")
+    eval_images: int | None = Field(None, gt=0, description="cap the val images of per-epoch evaluation")
+    checkpoint_every_steps: int = Field(200, gt=0, description="how often `latest.pt` is refreshed")
+    keep_epoch_checkpoints: bool = True
+    log_every_steps: int = Field(20, gt=0)
+    max_nonfinite_steps: int = Field(5, gt=0, description="stop after this many non-finite losses in a row")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
+
+
+class Config(_Section):
+    """A whole training recipe."""
+
+    seed: int = 0
+    space: str = Field("fmnist", description="preset name or path to a search-space YAML")
+    kernel_transform: bool = False
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    sampler: SamplerConfig = SandwichConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    distill: DistillConfig = DistillConfig()
+    schedule: ScheduleConfig = ShrinkFromStartConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if self.teacher.name == "ensemble" and self.sampler.name != "diversity" and self._num_students() < 2:
+            raise ValueError("teacher 'ensemble' needs at least 2 sampled sub-networks per step")
+        return self
+
+    def _num_students(self) -> int:
+        s = self.sampler
+        return getattr(s, "num_random", 0) + getattr(s, "num_networks", 0)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split 'optim.lr=0.05' into (['optim', 'lr'], 0.05), the value parsed as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like key.path=value (e.g. optim.lr=0.05)")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of `data` with each `key.path=value` override set (intermediate mappings created)."""
+    import copy
+
+    result = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def config_from_dict(data: dict[str, Any] | None, source: str = "config") -> Config:
+    """Validate a config mapping; raises ConfigError naming every bad key in one line."""
+    try:
+        return Config.model_validate(data or {})
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {describe_validation_error(err)}") from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML recipe (or the defaults when `path` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as err:
+            raise ConfigError(f"config {path}: {err.strerror or err}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config {path} is not valid YAML: {err}".replace("\n", " ")) from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config {path}: expected a mapping of sections (data, optim, train, ...)")
+        data = loaded or {}
+    return config_from_dict(apply_overrides(data, overrides or []), source)
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config as YAML (every default filled in)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

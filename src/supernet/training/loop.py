@@ -1,0 +1,443 @@
+"""The one training loop: every recipe is a sampler, a teacher, a divergence and a schedule."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from supernet import spaces
+from supernet.cost import macs
+from supernet.data import DataBundle, Loader, build_data, resize_batch, subset
+from supernet.distill import get_divergence
+from supernet.fileio import atomic_write_text
+from supernet.model import Supernet
+from supernet.nn.static import build_static
+from supernet.space import Arch, SearchSpace
+from supernet.training.checkpoint import RunDir, load_checkpoint, save_checkpoint
+from supernet.training.config import Config, config_from_dict, dump_config
+from supernet.training.metrics import MetricsLog
+from supernet.training.samplers import (
+    AttentiveSampler,
+    CompoundSampler,
+    SampleContext,
+    Sampler,
+    SandwichSampler,
+    UniformSampler,
+    sample_compound,
+)
+from supernet.training.schedules import Schedule, StepPlan
+from supernet.training.teachers import EnsembleTeacher, ExternalTeacher, InplaceTeacher, NoTeacher, Teacher
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped early (e.g. too many non-finite losses); the last checkpoint is usable."""
+
+
+@dataclass
+class TrainResult:
+    """Where a run stands when `Trainer.run` returns."""
+
+    run_dir: Path
+    global_step: int
+    total_steps: int
+    finished: bool
+    last_eval: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def frozen_bn_statistics(net: nn.Module) -> Iterator[None]:
+    """Forward passes inside keep BN in batch-statistics mode but leave running statistics untouched."""
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(bns, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
+
+
+def build_sampler(config: Config) -> Sampler:
+    """The sampler a config names."""
+    s = config.sampler
+    if s.name == "sandwich":
+        return SandwichSampler(s.num_random)
+    if s.name == "uniform":
+        return UniformSampler(s.num_random, s.include_largest)
+    if s.name == "compound":
+        return CompoundSampler(s.num_random, s.sandwich)
+    if s.name == "attentive":
+        return AttentiveSampler(s.num_random, s.candidates, s.mode, s.num_buckets)
+    from supernet.training.diversity import DiversitySampler
+
+    return DiversitySampler(num_networks=s.num_networks)
+
+
+def param_groups(net: nn.Module, weight_decay: float, decay_bn_and_bias: bool) -> list[dict[str, Any]]:
+    """Optimizer groups: weight decay off for BN parameters and biases (1-D tensors) unless asked."""
+    decay, no_decay = [], []
+    for p in net.parameters():
+        (decay if p.ndim > 1 or decay_bn_and_bias else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Trainer:
+    """Trains a supernet for one config into one run directory, resumable bit-exactly on CPU.
+
+    With `resume=True` the config saved in the run directory is used (`config` may be None).
+    """
+
+    def __init__(
+        self,
+        config: Config | None,
+        run_dir: str | Path,
+        *,
+        resume: bool = False,
+        force: bool = False,
+        teacher_module: nn.Module | None = None,
+        progress: bool = True,
+        data: DataBundle | None = None,
+        device: str | torch.device | None = None,
+    ):
+        self.run_dir = RunDir(Path(run_dir))
+        state = None
+        if resume:
+            self.run_dir.require_existing()
+            state = load_checkpoint(self.run_dir.latest)
+            config = config_from_dict(state["config"], source=f"{self.run_dir.latest} (saved config)")
+        elif config is None:
+            raise ValueError("a config is required unless resuming")
+        else:
+            self.run_dir.prepare_new(force)
+        self.config = config
+        self.progress = progress
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.space = spaces.get(config.space)
+        self.data = data or build_data(
+            config.data.name, config.data.root, val_size=config.data.val_size, seed=config.seed,
+            image_size=config.data.image_size, limit=config.data.limit,
+        )
+        self.num_classes = self.data.num_classes
+        with torch.random.fork_rng(devices=[]):  # initial weights from the config's seed, global RNG untouched
+            torch.manual_seed(config.seed)
+            self.net = Supernet(self.space, self.num_classes, self.data.in_channels, config.kernel_transform)
+        self.net.to(self.device)
+        self.optimizer = torch.optim.SGD(
+            param_groups(self.net, config.optim.weight_decay, config.optim.decay_bn_and_bias),
+            lr=config.optim.lr, momentum=config.optim.momentum, nesterov=config.optim.nesterov,
+        )
+        steps = Loader(self.data.train, config.data.batch_size, seed=config.seed, epoch=0, shuffle=True,
+                       augment=True).steps_per_epoch
+        if config.train.max_steps_per_epoch:
+            steps = min(steps, config.train.max_steps_per_epoch)
+        self.steps_per_epoch = steps
+        self.schedule = Schedule(config, self.space, steps, config.data.batch_size)
+        self.sampler = build_sampler(config)
+        self.divergence = get_divergence(config.distill.divergence, **config.distill.options)
+        self.rng = random.Random(config.seed)
+        self.noise = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        self.net.noise_generator = self.noise
+        self.global_step = 0
+        self.counters = {"train_macs": 0, "wall_time": 0.0, "nonfinite_total": 0, "nonfinite_streak": 0}
+        self._teacher_module = teacher_module
+        self.snapshot: nn.Module | None = None
+        self.teacher = self._build_teacher()
+        if state is not None:
+            self._load_state(state)
+        else:
+            atomic_write_text(self.run_dir.config, dump_config(config))
+        self.log = MetricsLog(self.run_dir, truncate_after=self.global_step if resume else None)
+
+    # -- construction helpers ------------------------------------------------------------------------
+    def _build_teacher(self) -> Teacher:
+        t = self.config.teacher
+        if t.name == "none":
+            return NoTeacher()
+        if t.name == "inplace":
+            return InplaceTeacher(self.space.largest())
+        if t.name == "ensemble":
+            return EnsembleTeacher(t.ensemble_weights, t.ensemble_nonnegative)
+        if self._teacher_module is not None:
+            return ExternalTeacher(self._teacher_module.to(self.device), None)
+        if t.checkpoint == "snapshot":
+            return ExternalTeacher(nn.Identity(), None)  # replaced by the snapshot when shrinking starts
+        module, resolution = load_teacher(t.checkpoint, self.device)
+        return ExternalTeacher(module, resolution)
+
+    def _take_snapshot(self) -> None:
+        """Freeze a copy of the full model as the external teacher (OFA's teacher: the trained full network)."""
+        largest = self.space.largest()
+        self.snapshot = self.net.extract(largest).eval().requires_grad_(False)
+        self.teacher = ExternalTeacher(self.snapshot, largest.resolution)
+
+    # -- state ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-exactly."""
+        state = {
+            "config": self.config.model_dump(mode="json"),
+            "space": self.space.to_dict(),
+            "num_classes": self.num_classes,
+            "in_channels": self.data.in_channels,
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "global_step": self.global_step,
+            "rng": self.rng.getstate(),
+            "noise": self.noise.get_state(),
+            "counters": dict(self.counters),
+            "snapshot": None if self.snapshot is None else self.snapshot.state_dict(),
+        }
+        if hasattr(self.sampler, "state_dict"):
+            state["sampler"] = self.sampler.state_dict()
+        return state
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.global_step = int(state["global_step"])
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.noise.set_state(state["noise"])
+        self.counters.update(state["counters"])
+        if state.get("snapshot") is not None:
+            largest = self.space.largest()
+            self.snapshot = build_static(self.space, largest, self.num_classes, self.data.in_channels).to(self.device)
+            self.snapshot.load_state_dict(state["snapshot"])
+            self.snapshot.eval().requires_grad_(False)
+            self.teacher = ExternalTeacher(self.snapshot, largest.resolution)
+        if "sampler" in state and hasattr(self.sampler, "load_state_dict"):
+            self.sampler.load_state_dict(state["sampler"])
+
+    def save(self, epoch_end: int | None = None) -> None:
+        """Write `latest.pt` (and the epoch checkpoint at an epoch's end) atomically."""
+        state = self.state_dict()
+        save_checkpoint(self.run_dir.latest, state)
+        if epoch_end is not None and self.config.train.keep_epoch_checkpoints:
+            save_checkpoint(self.run_dir.epoch_checkpoint(epoch_end), state)
+
+    # -- one step ------------------------------------------------------------------------------------
+    def _forward(self, arch: Arch, images: Tensor, regularise: bool = False) -> Tensor:
+        net = self.net
+        net.set_active(arch)
+        net.dropout_rate = self.config.train.dropout if regularise else 0.0
+        net.drop_connect_rate = self.config.train.drop_connect if regularise else 0.0
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.bf16):
+            return net(resize_batch(images, arch.resolution))
+
+    def _frozen_forward(self, images: Tensor) -> Any:
+        def forward(arch: Arch) -> Tensor:
+            with torch.no_grad(), frozen_bn_statistics(self.net):
+                return self._forward(arch, images).float()
+
+        return forward
+
+    def _score(self, images: Tensor, labels: Tensor) -> Any:
+        forward = self._frozen_forward(images)
+
+        def score(archs: list[Arch]) -> list[float]:
+            return [F.cross_entropy(forward(a), labels).item() for a in archs]
+
+        return score
+
+    def _archs(self, plan: StepPlan, images: Tensor, labels: Tensor, epoch: int) -> list[Arch]:
+        largest = plan.space.largest()
+        if not plan.shrinking:
+            return [largest]
+        ctx = SampleContext(plan.space, self.rng, self.num_classes, self._score(images, labels), epoch, self.global_step)
+        if plan.num_random is not None:  # OFA phase: the largest plus the phase's own number of samples
+            draw = sample_compound if plan.compound else SearchSpace.sample
+            return [largest] + [draw(plan.space, self.rng) for _ in range(plan.num_random)]
+        archs = self.sampler.sample(ctx)
+        if self.config.schedule.name == "delayed_eps" and archs[0] != largest:
+            archs = [largest, *archs]  # DepS: the full model is always sampled while shrinking
+        return archs
+
+    def train_step(self, images: Tensor, labels: Tensor, plan: StepPlan, epoch: int) -> dict[str, float] | None:
+        """One optimizer step; returns its losses, or None when it was skipped for a non-finite loss."""
+        cfg = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = plan.lr
+        archs = self._archs(plan, images, labels, epoch)
+        largest = plan.space.largest()
+        self.optimizer.zero_grad(set_to_none=True)
+        targets = None
+        if plan.distill:
+            targets = self.teacher.before_step(archs, images, labels, self._frozen_forward(images))
+        losses: list[float] = []
+        student_losses: list[float] = []
+        for i, arch in enumerate(archs):
+            is_full = i == 0 and arch == largest
+            logits = self._forward(arch, images, regularise=is_full).float()
+            ce = F.cross_entropy(logits, labels, label_smoothing=cfg.optim.label_smoothing)
+            if is_full:
+                loss, scale = ce, 1.0
+                if plan.distill:
+                    targets = self.teacher.from_full(logits, targets)
+            elif plan.distill and targets is not None:
+                d = cfg.distill
+                loss = d.kd_weight * self.divergence(logits, targets) + (d.ce_weight * ce if d.ce_weight else 0.0)
+                scale = plan.sub_scale
+            else:
+                loss, scale = ce, plan.sub_scale
+            if not torch.isfinite(loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            (loss * scale).backward()
+            losses.append(loss.item())
+            if not is_full:
+                student_losses.append(loss.item())
+        clip = cfg.optim.grad_clip
+        if clip.kind == "value":
+            nn.utils.clip_grad_value_(self.net.parameters(), clip.value)
+        elif clip.kind == "norm":
+            nn.utils.clip_grad_norm_(self.net.parameters(), clip.value)
+        self.optimizer.step()
+        images_per_step = images.shape[0]
+        self.counters["train_macs"] += sum(3 * macs(self.space, a, self.num_classes, self.data.in_channels)
+                                           for a in archs) * images_per_step
+        return {
+            "loss": sum(losses) / len(losses),
+            "loss_full": losses[0] if archs[0] == largest else float("nan"),
+            "loss_students": sum(student_losses) / len(student_losses) if student_losses else float("nan"),
+            "networks": float(len(archs)),
+        }
+
+    # -- the run -------------------------------------------------------------------------------------
+    def run(self, until_step: int | None = None) -> TrainResult:
+        """Train to the end of the schedule (or to `until_step`, then checkpoint and return)."""
+        total = self.schedule.total_steps
+        stop_at = total if until_step is None else min(until_step, total)
+        cfg = self.config
+        last_eval: dict[str, Any] = {}
+        bar = tqdm(total=total, initial=self.global_step, disable=not self.progress, dynamic_ncols=True,
+                   desc="train", unit="step")
+        try:
+            while self.global_step < stop_at:
+                epoch, start = divmod(self.global_step, self.steps_per_epoch)
+                loader = Loader(self.data.train, cfg.data.batch_size, seed=cfg.seed, epoch=epoch, shuffle=True,
+                                augment=True, start_step=start, num_workers=cfg.data.workers)
+                plan = self.schedule.plan(self.global_step)
+                if start == 0 and plan.shrinking and not plan.phase_start and hasattr(self.sampler, "prepare"):
+                    self._prepare_sampler(epoch)  # re-estimated each epoch; phase starts prepare in _enter_phase
+                epoch_end = min((epoch + 1) * self.steps_per_epoch, total)
+                for images, labels in loader:
+                    if self.global_step >= min(epoch_end, stop_at):
+                        break
+                    self._one_step(images.to(self.device), labels.to(self.device), epoch, bar)
+                if self.global_step == epoch_end:
+                    every = cfg.train.eval_every_epochs
+                    if every and ((epoch + 1) % every == 0 or epoch_end == total):
+                        last_eval = self.evaluate_extremes(epoch + 1)
+                    self.save(epoch_end=epoch + 1)
+                else:  # stopped at `until_step` inside an epoch
+                    self.save()
+        finally:
+            bar.close()
+            self.log.flush()
+        return TrainResult(self.run_dir.root, self.global_step, total, self.global_step >= total, last_eval)
+
+    def _prepare_sampler(self, epoch: int) -> None:
+        n = self.config.sampler.estimate_batches  # only the diversity sampler has `prepare`
+        batches = []
+        for i, (images, _) in enumerate(Loader(self.data.train, self.config.data.batch_size, seed=self.config.seed + 7,
+                                               epoch=epoch, shuffle=True, augment=False)):
+            if i >= n:
+                break
+            batches.append(images.to(self.device))
+        self.sampler.prepare(self.net, batches, self.space)
+
+    def _one_step(self, images: Tensor, labels: Tensor, epoch: int, bar: tqdm) -> None:
+        cfg = self.config
+        plan = self.schedule.plan(self.global_step)
+        if plan.phase_start:
+            self._enter_phase(plan)
+        started = time.perf_counter()
+        out = self.train_step(images, labels, plan, epoch)
+        self.counters["wall_time"] += time.perf_counter() - started
+        if out is None:
+            self.counters["nonfinite_total"] += 1
+            self.counters["nonfinite_streak"] += 1
+            if self.counters["nonfinite_streak"] >= cfg.train.max_nonfinite_steps:
+                self.save()
+                raise TrainingStopped(
+                    f"{self.counters['nonfinite_streak']} non-finite losses in a row at step {self.global_step}; "
+                    f"lower optim.lr or enable optim.grad_clip, then resume from {self.run_dir.root} "
+                    "(its latest checkpoint holds the last good weights)"
+                )
+        else:
+            self.counters["nonfinite_streak"] = 0
+        self.global_step += 1
+        bar.update(1)
+        if out is not None:
+            bar.set_postfix(phase=plan.phase, epoch=epoch + 1, loss=f"{out['loss']:.3f}", lr=f"{plan.lr:.4f}",
+                            eps=f"{plan.sub_scale:.3g}", refresh=False)
+            if self.global_step % cfg.train.log_every_steps == 0 or self.global_step == 1:
+                self.log.write({
+                    "kind": "train", "step": self.global_step, "epoch": epoch + 1, "phase": plan.phase,
+                    "lr": plan.lr, "eps": plan.sub_scale, **out, "train_macs": self.counters["train_macs"],
+                    "wall_time": self.counters["wall_time"], "skipped_steps": self.counters["nonfinite_total"],
+                })
+        if self.global_step % cfg.train.checkpoint_every_steps == 0:
+            self.save()
+
+    def _enter_phase(self, plan: StepPlan) -> None:
+        if plan.shrinking and hasattr(self.sampler, "prepare"):
+            self._prepare_sampler(self.global_step // self.steps_per_epoch)
+        if plan.reorder_channels:
+            from supernet.training.reorder import reorder_channels
+
+            reorder_channels(self.net, self.optimizer)
+        if (plan.shrinking and self.config.teacher.name == "external" and self.config.teacher.checkpoint == "snapshot"
+                and self.snapshot is None):
+            self._take_snapshot()
+
+    def evaluate_extremes(self, epoch: int) -> dict[str, Any]:
+        """Val accuracy of the smallest and largest sub-networks after BN recalibration; training state untouched."""
+        from supernet.search.evaluate import Evaluator
+
+        if self.data.val is None:
+            return {}
+        cfg = self.config
+        data = self.data
+        if cfg.train.eval_images and cfg.train.eval_images < len(data.val):
+            data = dataclasses.replace(data, val=subset(data.val, cfg.train.eval_images, cfg.seed))
+        evaluator = Evaluator(self.net, data, cfg.data.eval_batch_size, f"step{self.global_step}",
+                              recalibration_images=cfg.train.recal_images, seed=cfg.seed)
+        record: dict[str, Any] = {"kind": "eval", "step": self.global_step, "epoch": epoch}
+        for label, arch in (("smallest", self.space.smallest()), ("largest", self.space.largest())):
+            result = evaluator.evaluate(arch, "val")
+            record[f"{label}_top1"] = result.top1
+            record[f"{label}_loss"] = result.loss
+        record["train_macs"] = self.counters["train_macs"]
+        record["wall_time"] = self.counters["wall_time"]
+        self.log.write(record)
+        if self.progress:
+            tqdm.write(f"epoch {epoch}: val top-1 smallest {record['smallest_top1']:.2%} largest "
+                       f"{record['largest_top1']:.2%}  ({self.counters['train_macs'] / 1e12:.2f} TMACs trained, "
+                       f"{self.counters['wall_time'] / 60:.1f} min)")
+        return record
+
+
+def load_teacher(source: str, device: torch.device) -> tuple[nn.Module, int]:
+    """The largest sub-network of a run directory or checkpoint of this tool, frozen, and its resolution."""
+    state = load_checkpoint(source)
+    space = SearchSpace.from_dict(state["space"], source=f"{source} (saved space)")
+    net = Supernet(space, state["num_classes"], state["in_channels"],
+                   state["config"].get("kernel_transform", False))
+    net.load_state_dict(state["model"])
+    largest = space.largest()
+    return net.extract(largest).to(device).eval().requires_grad_(False), largest.resolution

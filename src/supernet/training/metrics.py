@@ -1,0 +1,65 @@
+"""Run metrics: one JSON object per line in metrics.jsonl, mirrored to TensorBoard scalars."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from supernet.fileio import atomic_write_text
+from supernet.training.checkpoint import RunDir
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a metrics.jsonl file (a torn last line from a killed run is ignored)."""
+    path = Path(path)
+    if path.is_dir():
+        path = RunDir(path).metrics
+    records = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+class MetricsLog:
+    """Appends records to metrics.jsonl and TensorBoard; on resume drops records newer than the checkpoint."""
+
+    def __init__(self, run: RunDir, truncate_after: int | None = None):
+        self.path = run.metrics
+        if truncate_after is not None and self.path.is_file():
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= truncate_after]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(run.tensorboard), purge_step=truncate_after)
+        except ImportError:  # tensorboard is a dependency; keep training if a user removed it
+            self._writer = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record (non-finite floats become null) and its numeric fields as scalars."""
+        clean = {k: _finite_or_none(v) for k, v in record.items()}
+        with self.path.open("a") as fh:  # records are infrequent; reopening keeps no handle across a kill
+            fh.write(json.dumps(clean) + "\n")
+        if self._writer is not None:
+            kind, step = clean.get("kind", "log"), clean.get("step", 0)
+            for key, value in clean.items():
+                if key not in ("kind", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._writer.add_scalar(f"{kind}/{key}", value, step)
+
+    def flush(self) -> None:
+        """Push buffered TensorBoard events to disk."""
+        if self._writer is not None:
+            self._writer.flush()

@@ -1,0 +1,144 @@
+"""Architecture samplers: which sub-networks one optimizer step trains.
+
+A sampler returns a list of architectures for each step. When the list contains the space's
+largest sub-network it comes first: the loop trains it on labels and uses it as in-place teacher.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from supernet.cost import macs
+from supernet.space import Arch, SearchSpace
+
+Scorer = Callable[[Sequence[Arch]], list[float]]
+
+
+@dataclass
+class SampleContext:
+    """What a sampler may use for one step: the (possibly restricted) space, the rng, a batch scorer."""
+
+    space: SearchSpace
+    rng: random.Random
+    num_classes: int
+    score: Scorer | None = None  # loss of each arch on the current batch, without gradients
+    epoch: int = 0
+    step: int = 0
+
+
+class Sampler(Protocol):
+    """Chooses the sub-networks of one training step."""
+
+    def sample(self, ctx: SampleContext) -> list[Arch]:
+        """The architectures to train on this step, largest first when included."""
+        ...
+
+
+@dataclass
+class SandwichSampler:
+    """Largest, smallest and `num_random` uniformly sampled sub-networks (BigNAS, AlphaNet)."""
+
+    num_random: int = 2
+
+    def sample(self, ctx: SampleContext) -> list[Arch]:
+        return [ctx.space.largest(), ctx.space.smallest()] + [
+            ctx.space.sample(ctx.rng) for _ in range(self.num_random)
+        ]
+
+
+@dataclass
+class UniformSampler:
+    """`num_random` uniformly sampled sub-networks, optionally preceded by the largest (OFA phases)."""
+
+    num_random: int = 1
+    include_largest: bool = False
+
+    def sample(self, ctx: SampleContext) -> list[Arch]:
+        head = [ctx.space.largest()] if self.include_largest else []
+        return head + [ctx.space.sample(ctx.rng) for _ in range(self.num_random)]
+
+
+def sample_compound(space: SearchSpace, rng: random.Random) -> Arch:
+    """A CompOFA sample: per stage one level couples depth and expand ratio (shared by the stage's blocks)."""
+    depths, kernels, ratios = [], [], []
+    for st in space.stages:
+        levels = max(len(st.depths), len(st.expand_ratios))
+        level = rng.randrange(levels)
+
+        def at(choices: list, lv: int = level, n: int = levels) -> Any:
+            return choices[round(lv * (len(choices) - 1) / (n - 1))] if n > 1 else choices[-1]
+
+        d = at(st.depths)
+        depths.append(d)
+        ratios.append((at(st.expand_ratios),) * d)
+        kernels.append(tuple(rng.choice(st.kernels) for _ in range(d)))
+    return Arch(
+        resolution=rng.choice(space.spec.resolutions),
+        stem_width=rng.choice(space.spec.stem.widths),
+        widths=tuple(rng.choice(st.widths) for st in space.stages),
+        depths=tuple(depths),
+        kernels=tuple(kernels),
+        expand_ratios=tuple(ratios),
+        head_width=rng.choice(space.spec.head.widths),
+    )
+
+
+@dataclass
+class CompoundSampler:
+    """Largest, smallest and `num_random` compound samples (CompOFA: depth and expand ratio coupled)."""
+
+    num_random: int = 2
+    sandwich: bool = True
+
+    def sample(self, ctx: SampleContext) -> list[Arch]:
+        head = [ctx.space.largest(), ctx.space.smallest()] if self.sandwich else []
+        return head + [sample_compound(ctx.space, ctx.rng) for _ in range(self.num_random)]
+
+
+@dataclass
+class AttentiveSampler:
+    """AttentiveNAS: largest, smallest, and `num_random` picks each best (or worst) of `candidates`.
+
+    Each pick draws a MACs bucket uniformly (`num_buckets` equal intervals between the smallest and
+    largest sub-network), draws `candidates` sub-networks inside it, scores them on the current batch
+    and keeps the lowest-loss one (`mode='best'`, BestUp) or the highest-loss one (`'worst'`, WorstUp).
+    """
+
+    num_random: int = 2
+    candidates: int = 3
+    mode: str = "best"
+    num_buckets: int = 10
+    max_tries: int = 200
+
+    def sample(self, ctx: SampleContext) -> list[Arch]:
+        if ctx.score is None:
+            raise ValueError("the attentive sampler needs a scorer (the training loop provides one)")
+        space = ctx.space
+        lo = macs(space, space.smallest(), ctx.num_classes)
+        hi = macs(space, space.largest(), ctx.num_classes)
+        picks = []
+        for _ in range(self.num_random):
+            bucket = ctx.rng.randrange(self.num_buckets)
+            low = lo + (hi - lo) * bucket / self.num_buckets
+            high = lo + (hi - lo) * (bucket + 1) / self.num_buckets
+            pool = [self._draw_in(space, ctx, low, high) for _ in range(self.candidates)]
+            scores = ctx.score(pool)
+            pick = min if self.mode == "best" else max
+            picks.append(pool[pick(range(len(pool)), key=scores.__getitem__)])
+        return [space.largest(), space.smallest(), *picks]
+
+    def _draw_in(self, space: SearchSpace, ctx: SampleContext, low: float, high: float) -> Arch:
+        """A uniform sample whose MACs fall in [low, high], or the closest of `max_tries` draws."""
+        best, best_gap = None, float("inf")
+        for _ in range(self.max_tries):
+            arch = space.sample(ctx.rng)
+            m = macs(space, arch, ctx.num_classes)
+            gap = max(low - m, m - high, 0.0)
+            if gap == 0.0:
+                return arch
+            if gap < best_gap:
+                best, best_gap = arch, gap
+        return best

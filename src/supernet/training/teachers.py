@@ -1,0 +1,88 @@
+"""Teachers: where the students' soft targets come from in one step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from supernet.data import resize_batch
+from supernet.distill import ensemble_teacher
+from supernet.space import Arch
+
+FrozenForward = Callable[[Arch], Tensor]  # logits of an arch on the step's batch, no grad, BN stats untouched
+
+
+class Teacher(Protocol):
+    """Produces the step's soft targets (teacher logits), or None when students learn from labels only."""
+
+    def before_step(self, archs: Sequence[Arch], images: Tensor, labels: Tensor, forward: FrozenForward) -> Tensor | None:
+        """Targets known before any student trains (ensemble, external, in-place without the full model)."""
+        ...
+
+    def from_full(self, full_logits: Tensor, targets: Tensor | None) -> Tensor | None:
+        """Targets once the full model has run in this step (in-place distillation)."""
+        ...
+
+
+class NoTeacher:
+    """Students train on labels only (the 'no distillation' baseline)."""
+
+    def before_step(self, archs: Sequence[Arch], images: Tensor, labels: Tensor, forward: FrozenForward) -> None:
+        return None
+
+    def from_full(self, full_logits: Tensor, targets: Tensor | None) -> None:
+        return None
+
+
+@dataclass
+class InplaceTeacher:
+    """The largest sub-network's detached logits of the same step (BigNAS, AlphaNet in-place KD)."""
+
+    largest: Arch
+
+    def before_step(self, archs: Sequence[Arch], images: Tensor, labels: Tensor, forward: FrozenForward) -> Tensor | None:
+        if archs and archs[0] == self.largest:
+            return None  # the loop trains it first and hands its logits to from_full
+        return forward(self.largest)
+
+    def from_full(self, full_logits: Tensor, targets: Tensor | None) -> Tensor:
+        return full_logits.detach()
+
+
+@dataclass
+class EnsembleTeacher:
+    """EnNAS: the CE-optimal weighted ensemble of the step's sampled sub-networks."""
+
+    weights: str = "optimal"
+    nonnegative: bool = False
+    last_weights: Tensor | None = None
+
+    def before_step(self, archs: Sequence[Arch], images: Tensor, labels: Tensor, forward: FrozenForward) -> Tensor:
+        logits = [forward(a) for a in archs]
+        teacher, w = ensemble_teacher(logits, labels, weights=self.weights, nonnegative=self.nonnegative)
+        self.last_weights = w
+        return teacher
+
+    def from_full(self, full_logits: Tensor, targets: Tensor | None) -> Tensor | None:
+        return targets
+
+
+@dataclass
+class ExternalTeacher:
+    """A frozen trained network (a checkpoint of this tool, a snapshot of the full model, or any module)."""
+
+    module: nn.Module
+    resolution: int | None = None
+
+    def before_step(self, archs: Sequence[Arch], images: Tensor, labels: Tensor, forward: FrozenForward) -> Tensor:
+        self.module.eval()
+        x = images if self.resolution is None else resize_batch(images, self.resolution)
+        with torch.no_grad():
+            return self.module(x).float()
+
+    def from_full(self, full_logits: Tensor, targets: Tensor | None) -> Tensor | None:
+        return targets

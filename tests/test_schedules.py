@@ -1,0 +1,79 @@
+"""Schedules: cosine lr with warm-up, DepS's delayed epsilon-shrinking, OFA's progressive phases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from supernet import spaces
+from supernet.training.config import load_config
+from supernet.training.schedules import Schedule, cosine_lr, epsilon
+from training_helpers import CONFIGS
+
+
+def test_cosine_lr_closed_form() -> None:
+    assert cosine_lr(0, 100, 1.0, 10, 0.1, 0.0) == pytest.approx(0.1)
+    assert cosine_lr(5, 100, 1.0, 10, 0.1, 0.0) == pytest.approx(0.55)
+    assert cosine_lr(10, 100, 1.0, 10, 0.1, 0.0) == pytest.approx(1.0)
+    assert cosine_lr(55, 100, 1.0, 10, 0.1, 0.0) == pytest.approx(0.5)
+    assert cosine_lr(100, 100, 1.0, 10, 0.1, 0.2) == pytest.approx(0.2)
+    assert cosine_lr(40, 100, 2.0, 0, 1.0, 0.0) == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 0.4)))
+
+
+def test_lr_scales_with_global_batch() -> None:
+    config = load_config(None, ["optim.lr=0.1", "optim.lr_reference_batch=256"])
+    assert Schedule(config, spaces.get("fmnist"), 10, 512).peak_lr == pytest.approx(0.2)
+    assert Schedule(config, spaces.get("fmnist"), 10, 64).peak_lr == pytest.approx(0.025)
+
+
+def test_deps_full_model_only_then_epsilon_ramp() -> None:
+    config = load_config(CONFIGS / "deps.yaml", ["train.epochs=10", "schedule.eps_ramp=0.2"])
+    sched = Schedule(config, spaces.get("fmnist"), steps_per_epoch=10, global_batch=128)
+    assert sched.total_steps == 100 and sched.shrink_start == 50 and sched.ramp_steps == 20
+    for step in range(50):
+        plan = sched.plan(step)
+        assert (plan.shrinking, plan.distill, plan.phase) == (False, False, "fm_warmup")
+    first = sched.plan(50)
+    assert first.shrinking and first.distill and first.phase_start
+    assert first.sub_scale == pytest.approx(1e-4)  # eps_start when shrinking starts
+    assert sched.plan(60).sub_scale == pytest.approx(1e-4 + (1 - 1e-4) * 10 / 20)
+    assert sched.plan(70).sub_scale == 1.0 and sched.plan(99).sub_scale == 1.0
+    # the learning rate follows one cosine over the whole run; shrinking does not restart it
+    assert sched.plan(50).lr == pytest.approx(cosine_lr(50, 100, sched.peak_lr, sched.warmup_steps, 0.01, 0.0))
+
+
+def test_epsilon_function() -> None:
+    assert epsilon(4, 5, 10, 1e-4) == 0.0
+    assert epsilon(5, 5, 10, 1e-4) == pytest.approx(1e-4)
+    assert epsilon(15, 5, 10, 1e-4) == 1.0
+    assert epsilon(5, 5, 0, 1e-4) == 1.0
+
+
+def test_shrink_from_start_trains_subnetworks_at_full_rate() -> None:
+    sched = Schedule(load_config(CONFIGS / "bignas.yaml"), spaces.get("fmnist"), 10, 128)
+    assert all(sched.plan(s).shrinking and sched.plan(s).sub_scale == 1.0 for s in range(sched.total_steps))
+
+
+def test_ofa_phases_happen_in_order_with_growing_spaces() -> None:
+    config = load_config(CONFIGS / "ofa.yaml")
+    space = spaces.get("fmnist")
+    sched = Schedule(config, space, steps_per_epoch=20, global_batch=128)
+    seen = []
+    for step in range(sched.total_steps):
+        plan = sched.plan(step)
+        if not seen or seen[-1][0] != plan.phase:
+            assert plan.phase_start
+            seen.append((plan.phase, plan))
+    names = [name for name, _ in seen]
+    assert names == ["full", "kernel", "depth_1", "depth_2", "expand_1", "expand_2", "width"]
+    sizes = [plan.space.size() for _, plan in seen]
+    assert sizes == sorted(sizes) and sizes[-1] == space.size()
+    full, kernel, depth_1 = seen[0][1], seen[1][1], seen[2][1]
+    assert not full.shrinking and not full.distill
+    assert all(st.kernels == [3, 5] and st.depths == [max(st.depths)] for st in kernel.space.stages)
+    assert all(st.depths == space.stages[i].depths[-2:] for i, st in enumerate(depth_1.space.stages))
+    reorders = [name for name, plan in seen if plan.reorder_channels]
+    assert reorders == ["expand_1"]
+    assert kernel.lr == pytest.approx(0.06)  # each phase restarts its own cosine at its own peak
+    assert sched.total_steps == sum(max(1, round(p.epochs * 20)) for p in config.schedule.phases)
