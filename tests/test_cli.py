@@ -58,3 +58,35 @@ def test_module_entry_point_version_and_help() -> None:
     assert out.stdout.strip() == f"supernet {supernet.__version__}"
     out = subprocess.run([sys.executable, "-m", "supernet", "space", "--help"], capture_output=True, text=True, check=True)
     assert "MACs" in out.stdout
+
+
+def test_train_pause_and_resume_from_the_cli(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    from training_helpers import QUICK, small_data
+
+    small_data()
+    out = tmp_path / "run"
+    args = ["train", "configs/bignas.yaml", "--out", str(out), "--no-progress", "--max-steps", "2",
+            "--set", "data.limit=256", "--set", "train.epochs=1", "--set", "train.eval_every_epochs=0"]
+    for item in QUICK:
+        args += ["--set", item]
+    assert main(args) == 0
+    assert "paused" in capsys.readouterr().out
+    assert main(args) == 2  # the run directory exists: refuse to overwrite
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert "finished at step 8/8" in capsys.readouterr().out
+    assert main(["train", "--resume", str(out), "--set", "optim.lr=1"]) == 2
+    assert "drop CONFIG and --set" in capsys.readouterr().err
+
+
+def test_train_bad_config_is_one_line_error(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: {lr: 0.1, momentun: 0.9}\n")
+    assert main(["train", str(bad), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown key 'optim.momentun'" in err and err.count("\n") == 0
+    assert not (tmp_path / "r").exists()  # nothing written for a bad config
+    assert main(["train", "configs/bignas.yaml", "--set", "data.root=/nowhere", "--out", str(tmp_path / "r2")]) == 2
+    assert "/nowhere" in capsys.readouterr().err
+    leftover = tmp_path / "r2"
+    assert not leftover.exists() or not any(leftover.iterdir())  # nothing half-written to trip a retry

@@ -74,6 +74,6 @@ def test_ofa_phases_happen_in_order_with_growing_spaces() -> None:
     assert all(st.kernels == [3, 5] and st.depths == [max(st.depths)] for st in kernel.space.stages)
     assert all(st.depths == space.stages[i].depths[-2:] for i, st in enumerate(depth_1.space.stages))
     reorders = [name for name, plan in seen if plan.reorder_channels]
-    assert reorders == ["expand_1"]
+    assert reorders == ["expand_1", "width"]
     assert kernel.lr == pytest.approx(0.06)  # each phase restarts its own cosine at its own peak
     assert sched.total_steps == sum(max(1, round(p.epochs * 20)) for p in config.schedule.phases)

@@ -116,38 +116,46 @@ def soft_cross_entropy(
         return _reduce(per_sample * temperature**2, reduction)
 
 
-def _base_times_expm1(log_base: Tensor, y: Tensor) -> Tensor:
-    """Elementwise b * (exp(y) - 1) with b = exp(log_base), accurate for small y, log b + y capped."""
+def _base_times_expm1(log_base: Tensor, base: Tensor, y: Tensor) -> Tensor:
+    """Elementwise base * (exp(y) - 1) with base = exp(log_base), accurate for small y, log base + y capped."""
     y = torch.minimum(y, _LOG_CAP - log_base)
-    base = log_base.exp()
     return torch.where(y > 1.0, torch.exp(log_base + y) - base, base * torch.expm1(y.clamp(max=1.0)))
 
 
-def _alpha_value(log_q: Tensor, log_p: Tensor, log_ratio: Tensor, alpha: float) -> Tensor:
-    """Per-sample D_alpha(p || q) = (sum_i q_i (p_i/q_i)^alpha - 1) / (alpha (alpha - 1))."""
-    if alpha == 0.0:
-        return (-(log_q.exp() * log_ratio).sum(1)).clamp_min(0)
-    if alpha == 1.0:
-        return (log_p.exp() * log_ratio).sum(1).clamp_min(0)
-    # sum_i q_i ((p_i/q_i)^a - 1) = sum_i p_i ((p_i/q_i)^(a-1) - 1) since both p and q sum to one; the
-    # second form keeps relative accuracy near a = 1 (expm1 of a small exponent), the first near a = 0.
-    if alpha >= 0.5:
-        total = _base_times_expm1(log_p, (alpha - 1.0) * log_ratio).sum(1)
+def _alpha_forward(
+    log_q: Tensor, log_p: Tensor, alpha: float, clip: float | None, with_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Per-sample D_alpha(p || q) and, if asked, a gradient v with respect to log q (see below)."""
+    # D = (sum_i q_i (w_i - 1)) / (alpha (alpha - 1)) with w = (p/q)^alpha. AlphaNet's Eq. 5 gradient with
+    # respect to the logits is -(1/alpha) (q w~ - q sum_j q_j w~_j), w~ = min(w, clip); it is the
+    # log-softmax pull-back (v - q sum(v)) of v = -(1/alpha) q (w~ - 1), whose -1 keeps expm1 accuracy.
+    log_ratio = log_p - log_q
+    q = log_q.exp()
+    grad = None
+    if alpha == 0.0:  # KL(q || p), whose gradient the clip does not touch
+        q_log_ratio = q * log_ratio
+        value = -q_log_ratio.sum(1)
+        if with_grad:
+            grad = -q_log_ratio
+    elif alpha == 1.0:  # KL(p || q); here q (w - 1) = p - q exactly
+        p = log_p.exp()
+        value = (p * log_ratio).sum(1)
+        if with_grad:
+            grad = q - p if clip is None else torch.where(log_ratio > math.log(clip), q * (1.0 - clip), q - p)
     else:
-        total = _base_times_expm1(log_q, alpha * log_ratio).sum(1)
-    return (total / (alpha * (alpha - 1.0))).clamp_min(0)
-
-
-def _alpha_grad_log_q(log_q: Tensor, log_ratio: Tensor, alpha: float, clip: float | None) -> Tensor:
-    """A gradient v with respect to log q whose log-softmax pull-back is AlphaNet's Eq. 5 gradient."""
-    if alpha == 0.0:
-        return -log_q.exp() * log_ratio
-    # v = -(1/a) q (w - 1) with w = min((p/q)^a, clip); the log-softmax backward v - q sum(v) then gives
-    # -(1/a) (q w - q sum_j q_j w_j), and the -1 (which it removes) keeps expm1 accuracy near a = 0.
-    exponent = alpha * log_ratio
-    if clip is not None:
-        exponent = exponent.clamp(max=math.log(clip))
-    return _base_times_expm1(log_q, exponent) / -alpha
+        exponent = alpha * log_ratio
+        q_term = _base_times_expm1(log_q, q, exponent)
+        if alpha >= 0.5:
+            # sum_i q_i (w_i - 1) = sum_i p_i ((p_i/q_i)^(alpha-1) - 1): expm1 of a small exponent near 1
+            total = _base_times_expm1(log_p, log_p.exp(), (alpha - 1.0) * log_ratio).sum(1)
+        else:
+            total = q_term.sum(1)
+        value = total / (alpha * (alpha - 1.0))
+        if with_grad:
+            if clip is not None:
+                q_term = torch.where(exponent > math.log(clip), q * (clip - 1.0), q_term)
+            grad = q_term / -alpha
+    return value.clamp_min(0), grad
 
 
 class _AlphaDivergence(torch.autograd.Function):
@@ -155,10 +163,10 @@ class _AlphaDivergence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, log_q: Tensor, log_p: Tensor, alpha: float, clip: float | None) -> Tensor:
-        log_ratio = log_p - log_q
-        if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(_alpha_grad_log_q(log_q, log_ratio, alpha, clip))
-        return _alpha_value(log_q, log_p, log_ratio, alpha)
+        value, grad = _alpha_forward(log_q, log_p, alpha, clip, with_grad=ctx.needs_input_grad[0])
+        if grad is not None:
+            ctx.save_for_backward(grad)
+        return value
 
     @staticmethod
     @once_differentiable
@@ -265,9 +273,11 @@ def get_divergence(name: str, **kwargs: object) -> Divergence:
 
 
 def _stack_members(logits_list: Sequence[Tensor] | Tensor) -> Tensor:
+    if not isinstance(logits_list, Tensor) and len(logits_list) == 0:
+        raise ValueError("ensemble_teacher needs at least one member's logits")
     members = logits_list if isinstance(logits_list, Tensor) else torch.stack(list(logits_list))
-    if members.dim() != 3 or members.shape[0] == 0:
-        raise ValueError(f"expected m >= 1 logits of shape (batch, classes), got shape {tuple(members.shape)}")
+    if members.dim() != 3 or 0 in members.shape:
+        raise ValueError(f"expected m >= 1 non-empty logits (batch, classes), got shape {tuple(members.shape)}")
     return members.detach().to(_working_dtype(members))
 
 
@@ -324,28 +334,35 @@ def _box_qp_step(grad: np.ndarray, hess: np.ndarray, w: np.ndarray, lower: float
     return d
 
 
-def _optimal_weights(members: Tensor, labels: Tensor, lower: float, upper: float, max_iter: int) -> np.ndarray:
-    """Weights w (sum 1, lower <= w <= upper) minimising the batch cross-entropy of sum_i w_i z_i."""
-    m, n, c = members.shape
-    z = members.to(torch.float64).reshape(m, n * c)
-    label_index = torch.arange(0, n * c, c) + labels
-    label_mean = z[:, label_index].mean(1).numpy()
-    weighted, gram = torch.empty_like(z), z.new_empty(m, m)  # reused: fresh large buffers cost page faults
+def _optimal_weights(members: np.ndarray, labels: np.ndarray, lower: float, upper: float, max_iter: int) -> np.ndarray:
+    """Weights w (sum 1, lower <= w <= upper) minimising the batch cross-entropy of sum_i w_i z_i.
 
-    def evaluate(w: np.ndarray) -> tuple[float, Tensor]:
-        log_probs = torch.log_softmax(torch.mv(z.T, torch.from_numpy(w)).view(n, c), 1)
-        return -float(torch.take(log_probs, label_index).sum()) / n, log_probs
+    `members` is float64 of shape (m, classes, batch): class-major, so that reductions over classes run as
+    vectorised operations across the batch.
+    """
+    # Newton's method with the exact Hessian and backtracking, in numpy: at these sizes per-call overhead
+    # dominates the solve, and numpy's is a fraction of torch's.
+    m, c, n = members.shape
+    z = members.reshape(m, c * n)
+    label_mean = members[:, labels, np.arange(n)].mean(1)
+    weighted = np.empty_like(z)
 
-    # Newton's method with exact Hessian and backtracking; the m x m algebra runs in numpy, where at this
-    # size torch's per-call overhead would dominate the solve.
+    def evaluate(w: np.ndarray) -> tuple[float, np.ndarray]:
+        logits = (w @ z).reshape(c, n)
+        shift = logits.max(0)
+        probs = np.exp(logits - shift)
+        total = probs.sum(0)
+        probs /= total
+        return float((np.log(total) + shift).mean() - label_mean @ w), probs
+
     w = np.full(m, 1.0 / m)
-    f, log_probs = evaluate(w)
+    f, probs = evaluate(w)
     for _ in range(max_iter):
-        torch.mul(z, log_probs.exp().view(-1), out=weighted)
-        moments = weighted.view(m, n, c).sum(2)
-        grad = moments.sum(1).numpy() / n - label_mean
-        # Hessian of the mean CE in w: sum over samples of Z_n^T (diag(s_n) - s_n s_n^T) Z_n, over n
-        hess = torch.mm(weighted, z.T, out=gram).addmm_(moments, moments.T, alpha=-1.0).numpy() / n
+        np.multiply(z, probs.reshape(-1), out=weighted)
+        moments = weighted.reshape(m, c, n).sum(1)
+        grad = moments.mean(1) - label_mean
+        # Hessian of the mean CE in w: the mean over samples of Z_n (diag(s_n) - s_n s_n^T) Z_n^T
+        hess = (weighted @ z.T - moments @ moments.T) / n
         # a tiny ridge keeps the Newton system solvable when members coincide (a flat direction)
         hess.flat[:: m + 1] += 1e-10 * hess.trace() / m + 1e-14
         step_dir = _box_qp_step(grad, hess, w, lower, upper)
@@ -355,12 +372,12 @@ def _optimal_weights(members: Tensor, labels: Tensor, lower: float, upper: float
         for halving in range(40):
             step = 0.5**halving
             candidate = np.clip(w + step * step_dir, lower, upper)
-            f_new, log_probs_new = evaluate(candidate)
+            f_new, probs_new = evaluate(candidate)
             if f_new <= f - 1e-4 * step * decrement:
                 break
         else:
             break  # no decrease beyond rounding: w is optimal to working precision
-        w, f, log_probs = candidate, f_new, log_probs_new
+        w, f, probs = candidate, f_new, probs_new
         # f - f* is about decrement / 2 before a full Newton step and far smaller after it: no need to
         # pay for another Hessian just to confirm convergence
         if step == 1.0 and decrement <= 1e-7 * max(1.0, abs(f)):
@@ -377,20 +394,19 @@ def ensemble_teacher(
     bound: float | None = 10.0,
     max_iter: int = 50,
 ) -> tuple[Tensor, Tensor]:
-    """Detached teacher logits sum_i w_i z_i and the weights w (EnNAS): CE-optimal with sum 1, or the mean.
-
-    With "optimal", w minimises the batch cross-entropy against `labels` subject to sum(w) = 1, and w >= 0
-    when `nonnegative`. Otherwise |w_i| <= `bound` (None: no bound): when some weighting separates the
-    batch, the cross-entropy has no minimiser and the weights would grow without end.
-    """
-    with _no_autocast(logits_list if isinstance(logits_list, Tensor) else logits_list[0]):
-        members = _stack_members(logits_list)
+    """Detached teacher logits sum_i w_i z_i and weights w (sum 1): CE-optimal for `labels` (EnNAS), or mean."""
+    # Without `nonnegative`, |w_i| <= bound (None: unbounded). The bound matters only when some weighting
+    # separates the batch: then the cross-entropy has no minimiser and the weights would grow without end.
+    members = _stack_members(logits_list)
+    with _no_autocast(members):
         m, n, _ = members.shape
         if weights == "mean":
             w = torch.full((m,), 1.0 / m, dtype=members.dtype, device=members.device)
         elif weights == "optimal":
-            if labels is None or labels.shape != (n,):
+            if labels is None or labels.shape != (n,) or labels.is_floating_point():
                 raise ValueError(f"weights='optimal' needs integer labels of shape ({n},)")
+            if not 0 <= int(labels.min()) <= int(labels.max()) < members.shape[2]:
+                raise ValueError(f"labels must lie in [0, {members.shape[2]}), got {labels.min()}..{labels.max()}")
             if bound is not None and not bound >= 1.0:
                 raise ValueError(f"bound must be >= 1 or None, got {bound}")
             if max_iter < 1:
@@ -399,7 +415,8 @@ def ensemble_teacher(
             if m == 1:
                 solved = np.ones(1)
             else:
-                solved = _optimal_weights(members.cpu(), labels.cpu().long(), lower, upper, max_iter)
+                class_major = members.to("cpu", torch.float64).transpose(1, 2).contiguous()
+                solved = _optimal_weights(class_major.numpy(), labels.cpu().numpy(), lower, upper, max_iter)
             w = torch.from_numpy(solved).to(device=members.device, dtype=members.dtype)
         else:
             raise ValueError(f"weights must be 'optimal' or 'mean', got {weights!r}")

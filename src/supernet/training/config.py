@@ -173,6 +173,7 @@ class TrainConfig(_Section):
     log_every_steps: int = Field(20, gt=0)
     max_nonfinite_steps: int = Field(5, gt=0, description="stop after this many non-finite losses in a row")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
+    sync_bn: bool = Field(False, description="multi-process: BN statistics over the global batch (SyncBatchNorm)")
 
 
 class Config(_Section):

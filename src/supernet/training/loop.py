@@ -21,10 +21,21 @@ from supernet.cost import macs
 from supernet.data import DataBundle, Loader, build_data, resize_batch, subset
 from supernet.distill import get_divergence
 from supernet.fileio import atomic_write_text
+from supernet.distributed import (
+    SINGLE,
+    DistContext,
+    all_agree,
+    all_reduce_gradients,
+    barrier,
+    broadcast_object,
+    check_same,
+    mean_over_ranks,
+)
 from supernet.model import Supernet
+from supernet.nn.dynamic_ops import DynamicBatchNorm2d
 from supernet.nn.static import build_static
 from supernet.space import Arch, SearchSpace
-from supernet.training.checkpoint import RunDir, load_checkpoint, save_checkpoint
+from supernet.training.checkpoint import RunDir, RunDirError, load_checkpoint, save_checkpoint
 from supernet.training.config import Config, config_from_dict, dump_config
 from supernet.training.metrics import MetricsLog
 from supernet.training.samplers import (
@@ -111,22 +122,26 @@ class Trainer:
         progress: bool = True,
         data: DataBundle | None = None,
         device: str | torch.device | None = None,
+        dist: DistContext | None = None,
     ):
         self.run_dir = RunDir(Path(run_dir))
+        self.dist = dist or SINGLE
         state = None
         if resume:
             self.run_dir.require_existing()
             state = load_checkpoint(self.run_dir.latest)
             config = config_from_dict(state["config"], source=f"{self.run_dir.latest} (saved config)")
+            config = _keep_global_batch(config, int(state["global_batch"]), self.dist.world_size)
         elif config is None:
             raise ValueError("a config is required unless resuming")
-        else:
-            self.run_dir.prepare_new(force)
+        elif self.dist.is_main and not force:
+            self.run_dir.prepare_new(force=False)  # fail before any work when the directory is taken
         self.config = config
-        self.progress = progress
+        self.progress = progress and self.dist.is_main
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = self.dist.device if dist is not None else torch.device(
+            device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.space = spaces.get(config.space)
         self.data = data or build_data(
             config.data.name, config.data.root, val_size=config.data.val_size, seed=config.seed,
@@ -137,16 +152,20 @@ class Trainer:
             torch.manual_seed(config.seed)
             self.net = Supernet(self.space, self.num_classes, self.data.in_channels, config.kernel_transform)
         self.net.to(self.device)
+        if config.train.sync_bn:
+            for m in self.net.modules():
+                if isinstance(m, DynamicBatchNorm2d):
+                    m.synchronized = True
         self.optimizer = torch.optim.SGD(
             param_groups(self.net, config.optim.weight_decay, config.optim.decay_bn_and_bias),
             lr=config.optim.lr, momentum=config.optim.momentum, nesterov=config.optim.nesterov,
         )
-        steps = Loader(self.data.train, config.data.batch_size, seed=config.seed, epoch=0, shuffle=True,
-                       augment=True).steps_per_epoch
+        steps = self._loader(epoch=0, start_step=0).steps_per_epoch
         if config.train.max_steps_per_epoch:
             steps = min(steps, config.train.max_steps_per_epoch)
         self.steps_per_epoch = steps
-        self.schedule = Schedule(config, self.space, steps, config.data.batch_size)
+        self.global_batch = config.data.batch_size * self.dist.world_size
+        self.schedule = Schedule(config, self.space, steps, self.global_batch)
         self.sampler = build_sampler(config)
         self.divergence = get_divergence(config.distill.divergence, **config.distill.options)
         self.rng = random.Random(config.seed)
@@ -160,8 +179,12 @@ class Trainer:
         if state is not None:
             self._load_state(state)
         else:
-            atomic_write_text(self.run_dir.config, dump_config(config))
-        self.log = MetricsLog(self.run_dir, truncate_after=self.global_step if resume else None)
+            if self.dist.is_main:  # everything validated and loaded: now claim the directory
+                self.run_dir.prepare_new(force)
+                atomic_write_text(self.run_dir.config, dump_config(config))
+            barrier(self.dist)
+        self.log = MetricsLog(self.run_dir, truncate_after=self.global_step if resume else None,
+                              enabled=self.dist.is_main)
 
     # -- construction helpers ------------------------------------------------------------------------
     def _build_teacher(self) -> Teacher:
@@ -196,6 +219,7 @@ class Trainer:
             "model": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "global_step": self.global_step,
+            "global_batch": self.global_batch,
             "rng": self.rng.getstate(),
             "noise": self.noise.get_state(),
             "counters": dict(self.counters),
@@ -222,8 +246,17 @@ class Trainer:
         if "sampler" in state and hasattr(self.sampler, "load_state_dict"):
             self.sampler.load_state_dict(state["sampler"])
 
+    def _loader(self, epoch: int, start_step: int) -> Loader:
+        """This rank's shard of the training batches of `epoch`, from `start_step` on."""
+        cfg = self.config
+        return Loader(self.data.train, cfg.data.batch_size, seed=cfg.seed, epoch=epoch, shuffle=True, augment=True,
+                      start_step=start_step, rank=self.dist.rank, world_size=self.dist.world_size,
+                      num_workers=cfg.data.workers)
+
     def save(self, epoch_end: int | None = None) -> None:
-        """Write `latest.pt` (and the epoch checkpoint at an epoch's end) atomically."""
+        """Write `latest.pt` (and the epoch checkpoint at an epoch's end) atomically; rank 0 only."""
+        if not self.dist.is_main:
+            return
         state = self.state_dict()
         save_checkpoint(self.run_dir.latest, state)
         if epoch_end is not None and self.config.train.keep_epoch_checkpoints:
@@ -248,8 +281,8 @@ class Trainer:
     def _score(self, images: Tensor, labels: Tensor) -> Any:
         forward = self._frozen_forward(images)
 
-        def score(archs: list[Arch]) -> list[float]:
-            return [F.cross_entropy(forward(a), labels).item() for a in archs]
+        def score(archs: list[Arch]) -> list[float]:  # averaged over ranks so every rank picks the same
+            return mean_over_ranks([F.cross_entropy(forward(a), labels).item() for a in archs], self.dist)
 
         return score
 
@@ -272,6 +305,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = plan.lr
         archs = self._archs(plan, images, labels, epoch)
+        check_same([a.to_json() for a in archs], f"the architectures of step {self.global_step}", self.dist)
         largest = plan.space.largest()
         self.optimizer.zero_grad(set_to_none=True)
         targets = None
@@ -293,20 +327,21 @@ class Trainer:
                 scale = plan.sub_scale
             else:
                 loss, scale = ce, plan.sub_scale
-            if not torch.isfinite(loss):
+            if not all_agree(bool(torch.isfinite(loss)), self.dist):  # every rank skips the step together
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
             (loss * scale).backward()
             losses.append(loss.item())
             if not is_full:
                 student_losses.append(loss.item())
+        all_reduce_gradients(list(self.net.parameters()), self.dist)  # once per optimizer step
         clip = cfg.optim.grad_clip
         if clip.kind == "value":
             nn.utils.clip_grad_value_(self.net.parameters(), clip.value)
         elif clip.kind == "norm":
             nn.utils.clip_grad_norm_(self.net.parameters(), clip.value)
         self.optimizer.step()
-        images_per_step = images.shape[0]
+        images_per_step = self.global_batch
         self.counters["train_macs"] += sum(3 * macs(self.space, a, self.num_classes, self.data.in_channels)
                                            for a in archs) * images_per_step
         return {
@@ -328,8 +363,7 @@ class Trainer:
         try:
             while self.global_step < stop_at:
                 epoch, start = divmod(self.global_step, self.steps_per_epoch)
-                loader = Loader(self.data.train, cfg.data.batch_size, seed=cfg.seed, epoch=epoch, shuffle=True,
-                                augment=True, start_step=start, num_workers=cfg.data.workers)
+                loader = self._loader(epoch, start)
                 plan = self.schedule.plan(self.global_step)
                 if start == 0 and plan.shrinking and not plan.phase_start and hasattr(self.sampler, "prepare"):
                     self._prepare_sampler(epoch)  # re-estimated each epoch; phase starts prepare in _enter_phase
@@ -358,7 +392,10 @@ class Trainer:
             if i >= n:
                 break
             batches.append(images.to(self.device))
-        self.sampler.prepare(self.net, batches, self.space)
+        if self.dist.is_main:
+            self.sampler.prepare(self.net, batches, self.space)
+        if self.dist.enabled:  # one estimate for all ranks, so they keep drawing the same architectures
+            self.sampler.load_state_dict(broadcast_object(self.sampler.state_dict(), self.dist))
 
     def _one_step(self, images: Tensor, labels: Tensor, epoch: int, bar: tqdm) -> None:
         cfg = self.config
@@ -400,7 +437,8 @@ class Trainer:
         if plan.reorder_channels:
             from supernet.training.reorder import reorder_channels
 
-            reorder_channels(self.net, self.optimizer)
+            width = any(len(st.widths) > 1 for st in plan.space.stages)  # width phase: stage outputs too
+            reorder_channels(self.net, self.optimizer, expand=True, width=width)
         if (plan.shrinking and self.config.teacher.name == "external" and self.config.teacher.checkpoint == "snapshot"
                 and self.snapshot is None):
             self._take_snapshot()
@@ -409,7 +447,7 @@ class Trainer:
         """Val accuracy of the smallest and largest sub-networks after BN recalibration; training state untouched."""
         from supernet.search.evaluate import Evaluator
 
-        if self.data.val is None:
+        if self.data.val is None or not self.dist.is_main:
             return {}
         cfg = self.config
         data = self.data
@@ -430,6 +468,15 @@ class Trainer:
                        f"{record['largest_top1']:.2%}  ({self.counters['train_macs'] / 1e12:.2f} TMACs trained, "
                        f"{self.counters['wall_time'] / 60:.1f} min)")
         return record
+
+
+def _keep_global_batch(config: Config, global_batch: int, world_size: int) -> Config:
+    """The saved config with the per-process batch that keeps the run's global batch on `world_size` ranks."""
+    if global_batch % world_size:
+        raise RunDirError(f"the run's global batch {global_batch} does not split over {world_size} processes; "
+                          f"resume with a number of processes that divides {global_batch}")
+    data = config.data.model_copy(update={"batch_size": global_batch // world_size})
+    return config.model_copy(update={"data": data})
 
 
 def load_teacher(source: str, device: torch.device) -> tuple[nn.Module, int]:

@@ -35,12 +35,15 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 class MetricsLog:
     """Appends records to metrics.jsonl and TensorBoard; on resume drops records newer than the checkpoint."""
 
-    def __init__(self, run: RunDir, truncate_after: int | None = None):
+    def __init__(self, run: RunDir, truncate_after: int | None = None, enabled: bool = True):
         self.path = run.metrics
+        self.enabled = enabled
+        self._writer = None
+        if not enabled:  # ranks other than 0 write nothing
+            return
         if truncate_after is not None and self.path.is_file():
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= truncate_after]
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
-        self._writer = None
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -50,6 +53,8 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record (non-finite floats become null) and its numeric fields as scalars."""
+        if not self.enabled:
+            return
         clean = {k: _finite_or_none(v) for k, v in record.items()}
         with self.path.open("a") as fh:  # records are infrequent; reopening keeps no handle across a kill
             fh.write(json.dumps(clean) + "\n")

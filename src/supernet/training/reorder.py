@@ -152,7 +152,11 @@ def _mid_ops(block: DynamicMBConv, mid: Tensor) -> list[_Op]:
     ops += [(block.depthwise.weight, 0, mid), *_bn_ops(block.depthwise_bn, mid)]
     ops.append((block.project.weight, 1, mid))
     if block.se is not None:
-        ops += [(block.se.reduce.weight, 1, mid), (block.se.expand.weight, 0, mid), (block.se.expand.bias, 0, mid)]
+        ops += [
+            (block.se.reduce.weight, 1, mid),
+            (block.se.expand.weight, 0, mid),
+            (block.se.expand.bias, 0, mid),
+        ]
     return ops
 
 
@@ -185,9 +189,15 @@ def _plan(net: Supernet, perms: Mapping[str, Tensor]) -> list[_Op]:
     perms = {name: perm.detach().cpu() for name, perm in perms.items()}
     for name, perm in perms.items():
         if name not in sizes:
-            raise ValueError(f"no channels called {name!r} to permute; known names look like {sorted(sizes)[:4]}")
+            raise ValueError(
+                f"no channels called {name!r} to permute; known names look like {sorted(sizes)[:4]}"
+            )
         n = sizes[name]
-        if perm.dtype != torch.long or perm.shape != (n,) or not torch.equal(perm.sort().values, torch.arange(n)):
+        if (
+            perm.dtype != torch.long
+            or perm.shape != (n,)
+            or not torch.equal(perm.sort().values, torch.arange(n))
+        ):
             raise ValueError(
                 f"{name!r} needs a permutation of range({n}) as int64 indices, got {perm.dtype} of shape "
                 f"{tuple(perm.shape)}"
@@ -229,7 +239,9 @@ def _plan(net: Supernet, perms: Mapping[str, Tensor]) -> list[_Op]:
 def _check_modules(net: Supernet) -> None:
     """Refuse networks whose layout this module does not know, rather than permute them partially."""
     expected = [("stem", net.stem, DynamicConvBnAct), ("head", net.head, DynamicHead)]
-    expected += [(f"stages.{s}.{b}", blk, DynamicMBConv) for s, st in enumerate(net.stages) for b, blk in enumerate(st)]
+    expected += [
+        (f"stages.{s}.{b}", blk, DynamicMBConv) for s, st in enumerate(net.stages) for b, blk in enumerate(st)
+    ]
     for name, module, cls in expected:
         if type(module) is not cls:
             raise NotImplementedError(
@@ -238,8 +250,10 @@ def _check_modules(net: Supernet) -> None:
             )
 
 
-def _checked_state(optimizer: torch.optim.Optimizer | None, ops: list[_Op]) -> Mapping[Tensor, dict[str, Any]]:
-    """The optimizer's per-parameter state, after checking that every entry of a moved parameter can follow."""
+def _checked_state(
+    optimizer: torch.optim.Optimizer | None, ops: list[_Op]
+) -> Mapping[Tensor, dict[str, Any]]:
+    """The optimizer's per-parameter state, once every entry of a moved parameter is known to follow."""
     if optimizer is None:
         return {}
     for tensor, _, _ in ops:

@@ -1,0 +1,574 @@
+"""Export one sub-network as a standalone model (arch JSON, weights, ONNX, model card) and load it back.
+
+    run = load_supernet("runs/fmnist")
+    evaluator = Evaluator(run.net, data, 256, run.checkpoint_id)
+    module = evaluator.extract(arch)                   # BN statistics recalibrated for `arch`
+    export_subnet(module, run.space, arch, run.num_classes, run.in_channels, "export/r28",
+                  card={"source": "runs/fmnist", "checkpoint_id": run.checkpoint_id,
+                        "val": evaluator.evaluate(arch, "val")})
+    verify_onnx("export/r28")                          # ONNX vs PyTorch, max abs difference
+    model = load_subnet("export/r28")                  # plain torch.nn modules, no supernet involved
+
+An export directory is written in a hidden sibling folder and renamed into place, so a failure never
+leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import secrets
+import shutil
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+import supernet
+from supernet.cost import cost
+from supernet.fileio import atomic_write_bytes, atomic_write_text
+from supernet.model import Supernet
+from supernet.nn.static import StaticNet, build_static
+from supernet.search.evaluate import EvalResult, checkpoint_digest
+from supernet.space import Arch, ArchError, SearchSpace, SpaceError
+from supernet.training.checkpoint import RunDir, RunDirError, load_checkpoint
+
+EXPORT_FORMAT = 1
+ARCH_FILE = "arch.json"
+ONNX_FILE = "model.onnx"
+CARD_FILE = "MODEL_CARD.md"
+WEIGHTS_FILES = {"safetensors": "model.safetensors", "torch": "model.pt"}
+EXPORT_FILES = frozenset({ARCH_FILE, ONNX_FILE, CARD_FILE, *WEIGHTS_FILES.values()})
+ONNX_OPSET = 17
+CARD_KEYS = ("source", "checkpoint_id", "dataset", "budget", "val", "test", "mean", "std", "notes")
+_CHECKPOINT_KEYS = ("config", "space", "num_classes", "in_channels", "model")
+_DOC_KEYS = ("arch", "space", "num_classes", "in_channels", "weights")
+_REEXPORT = "re-export it with `supernet export`"
+
+
+class ExportError(ValueError):
+    """An export directory cannot be written, read or verified."""
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """A trained supernet restored from a run directory or checkpoint file, with what it was built from."""
+
+    net: Supernet
+    space: SearchSpace
+    num_classes: int
+    in_channels: int
+    config: dict[str, Any]
+    checkpoint_path: Path
+    checkpoint_id: str
+
+
+@dataclass(frozen=True)
+class ExportedPaths:
+    """The files of one export directory (`onnx` is None when ONNX export was off)."""
+
+    root: Path
+    arch: Path
+    weights: Path
+    onnx: Path | None
+    card: Path
+
+
+def load_supernet(run_dir_or_checkpoint: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> LoadedRun:
+    """Restore a trained supernet (eval mode) from a run directory's latest checkpoint or a checkpoint file."""
+    path = Path(run_dir_or_checkpoint)
+    if path.is_dir():
+        run = RunDir(path)
+        run.require_existing()
+        path = run.latest
+    state = load_checkpoint(path, map_location)
+    missing = [key for key in _CHECKPOINT_KEYS if key not in state]
+    if missing or not isinstance(state["config"], dict):
+        raise RunDirError(
+            f"checkpoint {path} lacks {missing or ['a config mapping']}; it is not a checkpoint of `supernet train`"
+        )
+    space = SearchSpace.from_dict(state["space"], source=f"{path} (saved space)")
+    config = state["config"]
+    # Initial weights are overwritten below; fork the RNG so loading does not shift the caller's random stream.
+    with torch.random.fork_rng(devices=[]):
+        net = Supernet(
+            space,
+            int(state["num_classes"]),
+            int(state["in_channels"]),
+            kernel_transform=bool(config.get("kernel_transform", False)),
+        )
+    problem = _state_mismatch(net.state_dict(), state["model"])
+    if problem:
+        raise RunDirError(f"checkpoint {path}: its weights do not fit its saved search space ({problem})")
+    net.load_state_dict(state["model"])
+    return LoadedRun(
+        net=net.to(map_location).eval(),
+        space=space,
+        num_classes=net.num_classes,
+        in_channels=net.in_channels,
+        config=config,
+        checkpoint_path=path,
+        checkpoint_id=checkpoint_digest(path),
+    )
+
+
+def export_subnet(
+    module: nn.Module,
+    space: SearchSpace,
+    arch: Arch,
+    num_classes: int,
+    in_channels: int,
+    out_dir: str | os.PathLike[str],
+    *,
+    card: Mapping[str, Any],
+    weights_format: Literal["safetensors", "torch"] = "safetensors",
+    onnx: bool = True,
+    overwrite: bool = False,
+) -> ExportedPaths:
+    """Write `module` (the extracted `arch`) to `out_dir`: arch.json, weights, model.onnx and MODEL_CARD.md.
+
+    `card` may hold source (run directory), checkpoint_id, dataset, budget, val / test (EvalResult or a
+    dict with top1, top5), mean / std (input normalisation per channel) and notes.
+    """
+    if weights_format not in WEIGHTS_FILES:
+        raise ValueError(f"weights_format must be one of {sorted(WEIGHTS_FILES)}, got {weights_format!r}")
+    space.validate(arch)
+    out_dir = Path(out_dir)
+    card_doc = _card_doc(card, in_channels)
+    _check_out_dir(out_dir, overwrite)
+    net = _build(space, arch, num_classes, in_channels)
+    state = {key: value.detach().cpu() for key, value in module.state_dict().items()}
+    problem = _state_mismatch(net.state_dict(), state)
+    if problem:
+        raise ExportError(f"the module's weights do not fit the given architecture ({problem}); "
+                          "pass the module extracted for this arch")
+    net.load_state_dict(state)
+    # Everything below is saved from `net`, so the weights, the ONNX graph and load_subnet agree exactly.
+    weights_name = WEIGHTS_FILES[weights_format]
+    c = cost(space, arch, num_classes, in_channels)
+    doc = {
+        "format": EXPORT_FORMAT,
+        "arch": arch.to_dict(),
+        "space": space.to_dict(),
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "weights": weights_name,
+        "onnx": ONNX_FILE if onnx else None,
+        "cost": {"macs": c.macs, "params": c.params},
+        "input": {
+            "name": "images",
+            "shape": ["batch", in_channels, arch.resolution, arch.resolution],
+            "mean": card_doc.get("mean"),
+            "std": card_doc.get("std"),
+        },
+        "card": card_doc,
+        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "supernet_version": supernet.__version__,
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = _new_sibling(out_dir, "export")
+    try:
+        _write_weights(staging / weights_name, net.state_dict(), weights_format)
+        if onnx:
+            atomic_write_bytes(staging / ONNX_FILE, lambda fh: fh.write(_onnx_bytes(net, arch, in_channels)))
+        atomic_write_text(staging / ARCH_FILE, json.dumps(doc, indent=1) + "\n")
+        atomic_write_text(staging / CARD_FILE, _model_card(doc, str(out_dir)))
+        # Atomic writes create owner-only files; a model is for sharing, so give them the directory's
+        # umask-derived permissions (mkdir applied the umask to the staging directory).
+        mode = staging.stat().st_mode & 0o666
+        for path in staging.iterdir():
+            path.chmod(mode)
+        _publish(staging, out_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportedPaths(
+        root=out_dir,
+        arch=out_dir / ARCH_FILE,
+        weights=out_dir / weights_name,
+        onnx=out_dir / ONNX_FILE if onnx else None,
+        card=out_dir / CARD_FILE,
+    )
+
+
+def load_subnet(path: str | os.PathLike[str]) -> StaticNet:
+    """Rebuild an exported sub-network (eval mode) from its directory, without any supernet."""
+    root = _export_root(path)
+    doc = _read_doc(root)
+    try:
+        space = SearchSpace.from_dict(doc["space"], source=f"{root / ARCH_FILE} (space)")
+        arch = space.validate(Arch.from_dict(doc["arch"]))
+    except (SpaceError, ArchError) as err:
+        raise ExportError(f"{root / ARCH_FILE}: {err}; {_REEXPORT}") from None
+    net = _build(space, arch, doc["num_classes"], doc["in_channels"])
+    weights = root / doc["weights"]
+    state = _read_weights(weights)
+    problem = _state_mismatch(net.state_dict(), state)
+    if problem:
+        raise ExportError(f"weights file {weights} does not match the architecture in {ARCH_FILE} ({problem}); "
+                          f"{_REEXPORT}")
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def verify_onnx(out_dir: str | os.PathLike[str], atol: float = 1e-4, batch_size: int = 3, seed: int = 0) -> float:
+    """Max abs difference between the ONNX model under onnxruntime and `load_subnet` on a random batch.
+
+    Raises ExportError when it exceeds `atol`. The batch differs from the export's batch of one, so the
+    dynamic batch axis is exercised too.
+    """
+    root = _export_root(out_dir)
+    doc = _read_doc(root)
+    onnx_path = root / ONNX_FILE
+    if doc.get("onnx") is None or not onnx_path.is_file():
+        raise ExportError(f"{onnx_path} not found; {root} was exported without ONNX, {_REEXPORT}")
+    model = load_subnet(root)
+    ort = _require("onnxruntime", "to verify the ONNX model")
+    resolution = doc["arch"]["resolution"]
+    images = torch.randn(
+        batch_size, doc["in_channels"], resolution, resolution, generator=torch.Generator().manual_seed(seed)
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # a check, not a benchmark: stay off the caller's cores
+    try:
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        onnx_out = session.run(["logits"], {"images": images.numpy()})[0]
+    except Exception as err:  # noqa: BLE001 -- onnxruntime's error classes derive from Exception only
+        raise ExportError(f"onnxruntime cannot run {onnx_path} ({type(err).__name__}: {err}); {_REEXPORT}") from None
+    with torch.no_grad():
+        torch_out = model(images)
+    if tuple(onnx_out.shape) != tuple(torch_out.shape):
+        raise ExportError(f"{onnx_path} returns shape {tuple(onnx_out.shape)}, PyTorch {tuple(torch_out.shape)}")
+    diff = float((torch.from_numpy(onnx_out) - torch_out).abs().max())
+    if not diff <= atol:  # also catches NaN
+        raise ExportError(f"{onnx_path} differs from the PyTorch model by {diff:.3g} (> atol {atol:g}); {_REEXPORT}")
+    return diff
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _build(space: SearchSpace, arch: Arch, num_classes: int, in_channels: int) -> StaticNet:
+    # The fresh initialisation is overwritten; keep the caller's global random stream untouched.
+    with torch.random.fork_rng(devices=[]):
+        return build_static(space, arch, num_classes, in_channels)
+
+
+def _state_mismatch(expected: Mapping[str, Tensor], got: Any) -> str | None:
+    """One line describing how `got` differs from `expected` in keys or shapes, or None when it fits."""
+    if not isinstance(got, Mapping) or not all(isinstance(v, Tensor) for v in got.values()):
+        return "expected a mapping of names to tensors"
+    missing = sorted(expected.keys() - got.keys())
+    unexpected = sorted(got.keys() - expected.keys())
+    shapes = [
+        f"{k} {tuple(got[k].shape)} != {tuple(expected[k].shape)}"
+        for k in expected
+        if k in got and got[k].shape != expected[k].shape
+    ]
+    parts = [
+        f"{label} {_few(items)}"
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
+        if items
+    ]
+    return "; ".join(parts) or None
+
+
+def _few(items: list[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def _card_doc(card: Mapping[str, Any], in_channels: int) -> dict[str, Any]:
+    """The model card's facts as plain JSON, validated."""
+    unknown = sorted(set(card) - set(CARD_KEYS))
+    if unknown:
+        raise ValueError(f"unknown model card keys {unknown}; use some of {list(CARD_KEYS)}")
+    doc: dict[str, Any] = {}
+    for key in ("source", "checkpoint_id", "dataset", "budget", "notes"):
+        if card.get(key) is not None:
+            doc[key] = str(card[key])
+    for split in ("val", "test"):
+        result = card.get(split)
+        if result is None:
+            continue
+        if isinstance(result, EvalResult):
+            result = result.to_dict()
+        if not isinstance(result, Mapping) or "top1" not in result:
+            raise ValueError(f"model card {split!r} must be an EvalResult or a dict with top1 (and top5), "
+                             f"got {result!r}")
+        doc[split] = {k: result[k] for k in ("top1", "top5", "loss", "images") if result.get(k) is not None}
+    for key in ("mean", "std"):
+        values = card.get(key)
+        if values is None:
+            continue
+        if not isinstance(values, Sequence) or len(values) != in_channels:
+            raise ValueError(f"model card {key!r} must list one number per input channel ({in_channels}), "
+                             f"got {values!r}")
+        doc[key] = [float(v) for v in values]
+    return doc
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"export directory {out_dir} is a file; choose a directory")
+    if not out_dir.is_dir():
+        return
+    entries = sorted(p.name for p in out_dir.iterdir())
+    if entries and not overwrite:
+        raise ExportError(f"export directory {out_dir} is not empty; choose another directory or allow "
+                          "overwriting (overwrite=True, `--overwrite`)")
+    foreign = [name for name in entries if name not in EXPORT_FILES]
+    if foreign:
+        raise ExportError(f"export directory {out_dir} holds files that are not part of an export "
+                          f"({_few(foreign)}); refusing to replace it, choose another directory")
+
+
+def _sibling_name(path: Path, tag: str) -> Path:
+    return path.parent / f".{path.name}.{tag}-{secrets.token_hex(4)}"
+
+
+def _new_sibling(path: Path, tag: str) -> Path:
+    """A new hidden directory next to `path` (created with the default permissions, unlike mkdtemp)."""
+    while True:
+        candidate = _sibling_name(path, tag)
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+
+
+def _publish(staging: Path, out_dir: Path, overwrite: bool) -> None:
+    """Move the finished `staging` directory to `out_dir`, replacing a previous export when allowed."""
+    _check_out_dir(out_dir, overwrite)  # again: the directory may have changed during the export
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+    if not out_dir.exists():
+        os.rename(staging, out_dir)
+        return
+    old = _sibling_name(out_dir, "old")
+    os.rename(out_dir, old)
+    try:
+        os.rename(staging, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_weights(path: Path, state: dict[str, Tensor], weights_format: str) -> None:
+    tensors = {key: value.detach().cpu().contiguous() for key, value in state.items()}
+    if weights_format == "safetensors":
+        st = _require("safetensors.torch", "to write safetensors weights (or use weights_format='torch')")
+        data = st.save(tensors, metadata={"format": "pt", "supernet_export": str(EXPORT_FORMAT)})
+        atomic_write_bytes(path, lambda fh: fh.write(data))
+    else:
+        atomic_write_bytes(path, lambda fh: torch.save(tensors, fh))
+
+
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise ExportError(f"weights file {path} not found; the export is incomplete, {_REEXPORT}")
+    if path.suffix == ".safetensors":
+        st = _require("safetensors.torch", "to read safetensors weights")
+        from safetensors import SafetensorError
+
+        try:
+            return st.load_file(path)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise ExportError(f"weights file {path} is not a valid safetensors file ({err}); {_REEXPORT}") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:
+        raise ExportError(f"weights file {path} is not a weights-only torch file of tensors "
+                          f"({type(err).__name__}); {_REEXPORT}") from None
+
+
+def _onnx_bytes(net: StaticNet, arch: Arch, in_channels: int) -> bytes:
+    buffer = io.BytesIO()
+    example = torch.zeros(1, in_channels, arch.resolution, arch.resolution)
+    with warnings.catch_warnings():
+        # The TorchScript exporter warns that it is deprecated; the dynamo one needs onnxscript.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(
+            net.eval(),
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return buffer.getvalue()
+
+
+def _export_root(path: str | os.PathLike[str]) -> Path:
+    root = Path(path)
+    if root.is_file() and root.name == ARCH_FILE:
+        root = root.parent
+    if not root.is_dir():
+        raise ExportError(f"export directory {root} not found; expected a folder written by `supernet export` "
+                          f"holding {ARCH_FILE} and {' or '.join(WEIGHTS_FILES.values())}")
+    return root
+
+
+def _read_doc(root: Path) -> dict[str, Any]:
+    path = root / ARCH_FILE
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ExportError(f"{path} not found; {root} is not an export directory "
+                          f"({ARCH_FILE} describes the architecture), {_REEXPORT}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ExportError(f"{path} cannot be read as JSON ({err}); {_REEXPORT}") from None
+    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
+        raise ExportError(f"{path} is not a supernet export description (format {EXPORT_FORMAT}); {_REEXPORT}")
+    missing = [key for key in _DOC_KEYS if key not in doc]
+    if missing:
+        raise ExportError(f"{path} lacks {missing}; {_REEXPORT}")
+    if doc["weights"] not in WEIGHTS_FILES.values():
+        raise ExportError(f"{path} names weights {doc['weights']!r}; expected one of "
+                          f"{sorted(WEIGHTS_FILES.values())}")
+    for key in ("num_classes", "in_channels"):
+        if not isinstance(doc[key], int) or isinstance(doc[key], bool) or doc[key] < 1:
+            raise ExportError(f"{path}: {key} must be a positive integer, got {doc[key]!r}; {_REEXPORT}")
+    return doc
+
+
+def _require(module: str, purpose: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        package = module.split(".")[0]
+        raise ExportError(f"the {package} package is needed {purpose}; pip install {package}") from None
+
+
+# -- model card ------------------------------------------------------------------------------------
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.3f} M ({n:,})"
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _choices(values: list) -> str:
+    return ",".join(str(v) for v in values)
+
+
+def _model_card(doc: dict[str, Any], where: str) -> str:
+    """MODEL_CARD.md text from an arch.json document; `where` is the directory shown in the snippets."""
+    arch, space, card = doc["arch"], doc["space"], doc["card"]
+    c, r, n = doc["in_channels"], arch["resolution"], doc["num_classes"]
+    macs, params = doc["cost"]["macs"], doc["cost"]["params"]
+    lines = [
+        f"# {space['name']} sub-network: {macs / 1e6:.2f} MMACs, {params / 1e6:.3f} M params",
+        "",
+        (
+            f"Exported by supernet {doc['supernet_version']} on {doc['exported'][:10]}. A plain PyTorch network "
+            "extracted from a once-for-all supernet, with its BatchNorm statistics; it runs without the supernet."
+        ),
+        "",
+        "## Source",
+        "",
+        f"- run: `{card.get('source', 'not recorded')}`",
+        f"- checkpoint SHA-256: `{card.get('checkpoint_id', 'not recorded')}`",
+        f"- search space: `{space['name']}` ({len(space['stages'])} stages)",
+    ]
+    if "dataset" in card:
+        lines.append(f"- data set: {card['dataset']}")
+    if "budget" in card:
+        lines.append(f"- chosen under the budget: `{card['budget']}`")
+    lines += [
+        "",
+        "## Cost",
+        "",
+        "| MACs | parameters |",
+        "|---:|---:|",
+        f"| {_count(macs)} | {_count(params)} |",
+        "",
+        f"Multiply-adds of convolutions and linear layers for one {r}x{r} image (`supernet.cost`).",
+        "",
+        "## Accuracy",
+        "",
+    ]
+    splits = [s for s in ("val", "test") if s in card]
+    if splits:
+        lines += ["| split | top-1 | top-5 | images |", "|---|---:|---:|---:|"]
+        for split in splits:
+            result = card[split]
+            lines.append(f"| {split} | {_percent(result['top1'])} | {_percent(result.get('top5'))} "
+                         f"| {result.get('images', 'n/a')} |")
+    else:
+        lines.append("Not measured.")
+    stem = space["stem"]
+    lines += [
+        "",
+        "## Architecture",
+        "",
+        f"- input resolution {r}, {c} channel(s), {n} classes",
+        f"- stem: width {arch['stem_width']}, kernel {stem['kernel']}, stride {stem['stride']}, {stem['activation']}",
+        "",
+        "| stage | width | depth | kernels | expand ratios | stride | SE | activation |",
+        "|---:|---:|---:|---|---|---:|---|---|",
+    ]
+    for s, stage in enumerate(space["stages"]):
+        lines.append(
+            f"| {s + 1} | {arch['widths'][s]} | {arch['depths'][s]} | {_choices(arch['kernels'][s])} "
+            f"| {_choices(arch['expand_ratios'][s])} | {stage['stride']} | {'yes' if stage['se'] else 'no'} "
+            f"| {stage['activation']} |"
+        )
+    lines += [
+        "",
+        f"- head: last conv width {arch['head_width']}, {space['head']['activation']}, linear classifier",
+        "",
+        "## Input",
+        "",
+        f"- `images`: float32, shape (batch, {c}, {r}, {r}), NCHW; output `logits`: (batch, {n}), unnormalised",
+    ]
+    if "mean" in card and "std" in card:
+        lines.append(f"- preprocessing: resize to {r}x{r}, scale pixels to [0, 1], subtract mean "
+                     f"{card['mean']} and divide by std {card['std']} per channel")
+    else:
+        lines.append(f"- preprocessing: resize to {r}x{r}; normalisation not recorded, use the training data's")
+    files = [ARCH_FILE, doc["weights"]] + ([ONNX_FILE] if doc["onnx"] else [])
+    quoted = json.dumps(where)
+    lines += [
+        "",
+        "## Use",
+        "",
+        f"Files: {', '.join(f'`{f}`' for f in files)}.",
+        "",
+        "```python",
+        "import supernet",
+        "",
+        f"model = supernet.load_subnet({quoted})  # torch.nn.Module in eval mode",
+        f"logits = model(images)  # images: (N, {c}, {r}, {r}) float32, preprocessed as above",
+        "```",
+    ]
+    if doc["onnx"]:
+        lines += [
+            "",
+            "```python",
+            "import numpy as np",
+            "import onnxruntime as ort",
+            "",
+            f"session = ort.InferenceSession({json.dumps(where + '/' + ONNX_FILE)}, providers=[\"CPUExecutionProvider\"])",
+            f"images = np.zeros((1, {c}, {r}, {r}), dtype=np.float32)  # preprocessed as above",
+            "logits = session.run([\"logits\"], {\"images\": images})[0]",
+            "```",
+        ]
+    if "notes" in card:
+        lines += ["", "## Notes", "", card["notes"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,372 @@
+"""Evolutionary search for the accuracy-vs-cost Pareto front of a trained supernet (AttentiveNAS / AlphaNet).
+
+One generation: split every evaluated candidate into `num_buckets` equal cost buckets over the feasible
+range, keep the `parents_per_bucket` most accurate of each as parents, then breed `mutations` mutants of
+random parents and `crossovers` crosses of random parent pairs. Every child is redrawn until it meets the
+constraints and is new (never evaluated, not a duplicate within the generation), so no architecture is
+evaluated twice. An optional `prescreen(children, k)` hook (an accuracy predictor) keeps the k most
+promising children before evaluation; the initial population is always evaluated in full.
+
+The search is deterministic for a seed: every draw goes through one `random.Random(seed)` whose state is
+saved with the evaluated candidates after the initial population and after every generation, so a killed
+search resumes from its last finished generation and ends exactly where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from supernet.fileio import atomic_write_text
+from supernet.search.objectives import Constraint, Objectives
+from supernet.search.pareto import Candidate, bucket_index, check_metric, pareto_front
+from supernet.space import Arch, SearchSpace
+
+STATE_FORMAT = 1
+Evaluate = Callable[[list[Arch]], Sequence[float]]
+Prescreen = Callable[[list[Arch], int], Sequence[Arch]]
+
+
+class SearchError(ValueError):
+    """A search cannot start, continue or resume with the given settings."""
+
+
+class InfeasibleError(SearchError):
+    """The constraints admit too few architectures to draw an initial population."""
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Every number of the evolutionary search (AlphaNet's defaults); `cost` is the front's and buckets' axis.
+
+    `num_buckets` = 6 matches DepS's table of six equal MACs intervals; `prescreen_keep` (None: off) is how
+    many children per generation a prescreen hook keeps; `max_redraws` bounds the draws per child.
+    """
+
+    population: int = 512
+    parents_per_bucket: int = 128
+    num_buckets: int = 6
+    mutations: int = 128
+    mutation_prob: float = 0.2
+    crossovers: int = 128
+    iterations: int = 20
+    seed: int = 0
+    max_redraws: int = 1000
+    prescreen_keep: int | None = None
+    cost: str = "macs"
+
+    def __post_init__(self) -> None:
+        for name in ("population", "parents_per_bucket", "num_buckets", "max_redraws"):
+            if getattr(self, name) < 1:
+                raise SearchError(f"search setting {name} must be at least 1, got {getattr(self, name)}")
+        for name in ("mutations", "crossovers", "iterations"):
+            if getattr(self, name) < 0:
+                raise SearchError(f"search setting {name} must be at least 0, got {getattr(self, name)}")
+        if not 0.0 <= self.mutation_prob <= 1.0:
+            raise SearchError(f"search setting mutation_prob must lie in [0, 1], got {self.mutation_prob}")
+        if self.prescreen_keep is not None and self.prescreen_keep < 1:
+            raise SearchError(f"search setting prescreen_keep must be at least 1 or None, got {self.prescreen_keep}")
+        try:
+            check_metric(self.cost)
+        except ValueError as err:
+            raise SearchError(f"search setting cost: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict (inverse of `from_dict`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchSettings:
+        """Build from `to_dict` output; raises SearchError naming unknown keys."""
+        unknown = d.keys() - {f.name for f in fields(cls)}
+        if unknown:
+            raise SearchError(f"unknown search settings {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Every evaluated candidate in evaluation order, their Pareto front, and how far the search got."""
+
+    evaluated: list[Candidate]
+    front: list[Candidate]
+    generations: int
+    evaluations: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict."""
+        return {
+            "evaluated": [c.to_dict() for c in self.evaluated],
+            "front": [c.to_dict() for c in self.front],
+            "generations": self.generations,
+            "evaluations": self.evaluations,
+        }
+
+
+class _Run:
+    """The mutable state of one search: its random stream, the evaluated candidates and the generation."""
+
+    def __init__(self, settings: SearchSettings) -> None:
+        self.rng = random.Random(settings.seed)
+        self.evaluated: list[Candidate] = []
+        self.accuracy: dict[Arch, float] = {}
+        self.generation = 0
+
+    def to_json(self, fingerprint: dict[str, Any]) -> str:
+        version, internal, gauss = self.rng.getstate()
+        return json.dumps(
+            {
+                "format": STATE_FORMAT,
+                "fingerprint": fingerprint,
+                "generation": self.generation,
+                "rng": [version, list(internal), gauss],
+                "evaluated": [c.to_dict() for c in self.evaluated],
+            }
+        )
+
+    def restore(self, data: dict[str, Any]) -> None:
+        version, internal, gauss = data["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.evaluated = [Candidate.from_dict(c) for c in data["evaluated"]]
+        self.accuracy = {c.arch: c.accuracy() for c in self.evaluated}
+        self.generation = int(data["generation"])
+
+
+def _load_state(path: Path, fingerprint: dict[str, Any], run: _Run) -> None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise SearchError(f"search state {path} cannot be read ({err}); delete it or use a new --out") from None
+    if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+        raise SearchError(f"search state {path} is not a format-{STATE_FORMAT} search state; use a new --out")
+    saved = data.get("fingerprint", {})
+    if saved != fingerprint:
+        changed = _differences(saved, fingerprint)
+        raise SearchError(
+            f"search state {path} was written by a search with different {', '.join(changed)}; "
+            "resume with the same settings or use a new --out"
+        )
+    try:
+        run.restore(data)
+    except (KeyError, TypeError, ValueError) as err:
+        raise SearchError(f"search state {path} is corrupt ({err}); delete it or use a new --out") from None
+
+
+def _differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
+    if isinstance(saved, dict) and isinstance(now, dict):
+        keys = sorted(saved.keys() | now.keys())
+        return [d for k in keys for d in _differences(saved.get(k), now.get(k), f"{prefix}{k}.")]
+    if saved == now:
+        return []
+    where = prefix.rstrip(".")
+    if not isinstance(saved, (dict, list)) and not isinstance(now, (dict, list)):
+        return [f"{where} ({saved!r} in the state, {now!r} now)"]
+    return [where]
+
+
+def _draw(make: Callable[[], Arch], seen: set[Arch], objectives: Objectives, tries: int) -> Arch | None:
+    """A new feasible arch from `make` within `tries` draws (added to `seen`), or None."""
+    for _ in range(tries):
+        arch = make()
+        if arch not in seen and objectives.feasible(arch):
+            seen.add(arch)
+            return arch
+    return None
+
+
+def select_parents(evaluated: Sequence[Candidate], objectives: Objectives, settings: SearchSettings) -> list[Arch]:
+    """The `parents_per_bucket` most accurate candidates of each of `num_buckets` cost buckets of the feasible range."""
+    low, high = objectives.feasible_range(settings.cost)
+    buckets: list[list[Candidate]] = [[] for _ in range(settings.num_buckets)]
+    for cand in evaluated:
+        buckets[bucket_index(cand.cost(settings.cost), low, high, settings.num_buckets)].append(cand)
+    parents: list[Arch] = []
+    for bucket in buckets:
+        bucket.sort(key=lambda c: (-c.accuracy(), c.cost(settings.cost)))  # stable: ties keep evaluation order
+        parents.extend(c.arch for c in bucket[: settings.parents_per_bucket])
+    return parents
+
+
+def _evaluate(run: _Run, archs: list[Arch], objectives: Objectives, evaluate: Evaluate) -> None:
+    if not archs:
+        return
+    accuracies = list(evaluate(list(archs)))
+    if len(accuracies) != len(archs):
+        raise SearchError(f"evaluate returned {len(accuracies)} accuracies for {len(archs)} architectures")
+    for arch, acc in zip(archs, accuracies):
+        acc = float(acc)
+        if not math.isfinite(acc):
+            raise SearchError(f"evaluate returned {acc} for an architecture; accuracies must be finite")
+        run.evaluated.append(objectives.candidate(arch, acc))
+        run.accuracy[arch] = acc
+
+
+def _initial_population(space: SearchSpace, objectives: Objectives, settings: SearchSettings, run: _Run) -> list[Arch]:
+    seen = set(run.accuracy)
+    population = []
+    for i in range(settings.population):
+        arch = _draw(lambda: space.sample(run.rng), seen, objectives, settings.max_redraws)
+        if arch is None:
+            constraints = ", ".join(str(c) for c in objectives.constraints) or "none"
+            raise InfeasibleError(
+                f"no new feasible architecture in {settings.max_redraws} random draws (population member "
+                f"{i + 1} of {settings.population}): the constraints ({constraints}) admit (almost) no "
+                f"sub-network of space {space.name!r}; loosen them or lower the population"
+            )
+        population.append(arch)
+    return population
+
+
+def _children(space: SearchSpace, objectives: Objectives, settings: SearchSettings, run: _Run) -> list[Arch]:
+    parents = select_parents(run.evaluated, objectives, settings)
+    seen = set(run.accuracy)
+    rng, tries = run.rng, settings.max_redraws
+    children = []
+    for _ in range(settings.mutations):
+        child = _draw(lambda: space.mutate(rng.choice(parents), settings.mutation_prob, rng), seen, objectives, tries)
+        if child is not None:  # the neighbourhood may be exhausted; the next generation tries again
+            children.append(child)
+    if len(parents) >= 2:
+        for _ in range(settings.crossovers):
+            child = _draw(lambda: space.crossover(*rng.sample(parents, 2), rng), seen, objectives, tries)
+            if child is not None:
+                children.append(child)
+    return children
+
+
+def _prescreened(children: list[Arch], prescreen: Prescreen, keep: int) -> list[Arch]:
+    chosen = list(prescreen(list(children), keep))
+    kept = set(chosen)
+    if len(kept) != len(chosen) or len(chosen) > keep or not kept <= set(children):
+        raise SearchError(
+            f"prescreen must return at most {keep} distinct architectures taken from the {len(children)} "
+            f"children it was given, got {len(chosen)}"
+        )
+    return [c for c in children if c in kept]  # evaluation order does not depend on the hook's ordering
+
+
+def evolutionary_search(
+    space: SearchSpace,
+    objectives: Objectives,
+    evaluate: Evaluate,
+    settings: SearchSettings = SearchSettings(),
+    *,
+    state_path: Path | None = None,
+    progress: bool = True,
+    prescreen: Prescreen | None = None,
+) -> SearchResult:
+    """Evolve feasible sub-networks of `space` and return every evaluated one and their Pareto front.
+
+    `evaluate` maps a batch of new archs to validation top-1 accuracies; with `state_path` the search
+    saves its state after every generation and continues from that file when it exists.
+    """
+    if objectives.space != space:
+        raise SearchError(f"objectives were built for space {objectives.space.name!r}, not {space.name!r}")
+    if (prescreen is None) != (settings.prescreen_keep is None):
+        raise SearchError("a prescreen hook and the prescreen_keep setting go together; give both or neither")
+    if settings.cost == "latency" and objectives.latency is None:
+        raise SearchError("searching on latency needs a latency function in the objectives")
+    fingerprint = json.loads(json.dumps({"settings": settings.to_dict(), "objectives": objectives.to_dict()}))
+    run = _Run(settings)
+    resumed = state_path is not None and state_path.exists()
+    if resumed:
+        _load_state(state_path, fingerprint, run)  # type: ignore[arg-type]
+
+    def save() -> None:
+        if state_path is not None:
+            atomic_write_text(state_path, run.to_json(fingerprint))
+
+    with tqdm(
+        total=settings.iterations, initial=run.generation, disable=not progress, desc="evolution", unit="gen"
+    ) as bar:
+
+        def report() -> None:
+            front = pareto_front(run.evaluated, settings.cost)
+            bar.set_postfix(gen=f"{run.generation}/{settings.iterations}", evals=len(run.evaluated), front=len(front))
+
+        if not resumed:
+            _evaluate(run, _initial_population(space, objectives, settings, run), objectives, evaluate)
+            save()
+        report()
+        while run.generation < settings.iterations:
+            children = _children(space, objectives, settings, run)
+            if prescreen is not None:
+                children = _prescreened(children, prescreen, settings.prescreen_keep)  # type: ignore[arg-type]
+            _evaluate(run, children, objectives, evaluate)
+            run.generation += 1
+            save()
+            bar.update(1)
+            report()
+    return SearchResult(
+        evaluated=list(run.evaluated),
+        front=pareto_front(run.evaluated, settings.cost),
+        generations=run.generation,
+        evaluations=len(run.evaluated),
+    )
+
+
+def budget_state_path(state_path: Path, index: int) -> Path:
+    """Where `budget_search` keeps the state of its `index`-th budget's search (beside `state_path`)."""
+    return state_path.with_name(f"{state_path.stem}.budget{index}{state_path.suffix}")
+
+
+def budget_search(
+    space: SearchSpace,
+    objectives: Objectives,
+    evaluate: Evaluate,
+    budgets: Sequence[Constraint],
+    settings: SearchSettings = SearchSettings(),
+    *,
+    state_path: Path | None = None,
+    progress: bool = True,
+    prescreen: Prescreen | None = None,
+) -> list[tuple[Constraint, Candidate | None]]:
+    """The most accurate sub-network found under each budget (None where none was found).
+
+    Each budget runs its own evolution (same settings and seed) with the budget as an extra constraint;
+    accuracies are shared, so an arch met under one budget is never evaluated again under another, and each
+    budget's answer is the best of every evaluated arch that fits it, whichever run found it. A budget that
+    admits too few archs for a population is skipped by evolution but still answered from the others' finds.
+    """
+    memo: dict[Arch, float] = {}
+
+    def shared(archs: list[Arch]) -> list[float]:
+        new = [a for a in archs if a not in memo]
+        if new:
+            accuracies = list(evaluate(new))
+            if len(accuracies) != len(new):
+                raise SearchError(f"evaluate returned {len(accuracies)} accuracies for {len(new)} architectures")
+            memo.update(zip(new, (float(a) for a in accuracies)))
+        return [memo[a] for a in archs]
+
+    pool: dict[Arch, Candidate] = {}
+    for i, budget in enumerate(budgets):
+        try:
+            result = evolutionary_search(
+                space,
+                objectives.with_constraints([budget]),
+                shared,
+                settings,
+                state_path=None if state_path is None else budget_state_path(state_path, i),
+                progress=progress,
+                prescreen=prescreen,
+            )
+        except InfeasibleError:
+            continue
+        for cand in result.evaluated:
+            pool.setdefault(cand.arch, cand)
+            memo.setdefault(cand.arch, cand.accuracy())
+    answers: list[tuple[Constraint, Candidate | None]] = []
+    for budget in budgets:
+        fits = objectives.with_constraints([budget])
+        admitted = [c for c in pool.values() if fits.feasible(c.arch)]
+        best = max(admitted, key=lambda c: (c.accuracy(), -c.cost(budget.metric)), default=None)
+        answers.append((budget, best))
+    return answers

@@ -1,0 +1,94 @@
+"""Multi-process training with torch.distributed (gloo on CPU): equal to one process with the same global batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from supernet.distributed import DistContext, RankMismatch, check_same, init_from_env, shutdown
+from supernet.training.loop import Trainer
+from training_helpers import quick_config, small_data
+
+OVERRIDES = ["train.epochs=1", "train.eval_every_epochs=0", "train.sync_bn=true", "optim.lr=0.8"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, out: str, recipe: str, steps: int, batch: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    ctx = init_from_env("cpu")
+    try:
+        config = quick_config(recipe, *OVERRIDES, f"data.batch_size={batch}")
+        trainer = Trainer(config, Path(out) / "run", data=small_data(), progress=False, dist=ctx)
+        trainer.run(until_step=steps)
+        if rank == 0:
+            torch.save(trainer.net.state_dict(), Path(out) / "weights.pt")
+    finally:
+        shutdown(ctx)
+
+
+def _mismatch_worker(rank: int, world: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    ctx = init_from_env("cpu")
+    try:
+        check_same(["same"], "a constant", ctx)
+        with pytest.raises(RankMismatch, match="ranks disagree on the architectures"):
+            check_same([f"arch-of-rank-{rank}"], "the architectures", ctx)
+    finally:
+        shutdown(ctx)
+
+
+@pytest.mark.parametrize("recipe", ["alphanet.yaml", "attentivenas.yaml"])
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, recipe: str) -> None:
+    small_data()  # skip early when the data set is absent
+    steps = 4
+    single = Trainer(quick_config(recipe, *OVERRIDES, "data.batch_size=32"), tmp_path / "single",
+                     data=small_data(), progress=False)
+    single.run(until_step=steps)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), recipe, steps, 16), nprocs=2, join=True)
+    multi = torch.load(tmp_path / "weights.pt", weights_only=True)
+    ref = single.net.state_dict()
+    for key, value in ref.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(multi[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    # the run really trained: weights moved away from their initial values
+    fresh = Trainer(quick_config(recipe, *OVERRIDES, "data.batch_size=32"), tmp_path / "fresh",
+                    data=small_data(), progress=False).net.state_dict()
+    assert any(not torch.allclose(fresh[k], ref[k]) for k in ref if ref[k].is_floating_point())
+    assert (tmp_path / "run" / "checkpoints" / "latest.pt").is_file()  # rank 0 wrote the checkpoint
+
+
+def test_resume_with_another_number_of_processes(tmp_path) -> None:
+    small_data()
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), "alphanet.yaml", 3, 16), nprocs=2, join=True)
+    resumed = Trainer(None, tmp_path / "run", resume=True, data=small_data(), progress=False)
+    assert resumed.config.data.batch_size == 32 and resumed.global_step == 3  # same global batch on 1 process
+    resumed.run(until_step=6)
+    single = Trainer(quick_config("alphanet.yaml", *OVERRIDES, "data.batch_size=32"), tmp_path / "single",
+                     data=small_data(), progress=False)
+    single.run(until_step=6)
+    ref, got = single.net.state_dict(), resumed.net.state_dict()
+    for key in ref:
+        if ref[key].is_floating_point():
+            torch.testing.assert_close(got[key], ref[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_rank_mismatch_raises() -> None:
+    mp.spawn(_mismatch_worker, args=(2, free_port()), nprocs=2, join=True)
+
+
+def test_single_process_context_is_a_no_op() -> None:
+    ctx = DistContext()
+    assert not ctx.enabled and ctx.is_main
+    check_same(["anything"], "nothing", ctx)

@@ -1,0 +1,202 @@
+"""The report: HTML page + PNG plots from fake run directories and front.json files."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from supernet.report import (
+    ACCURACY_PLOT,
+    COST_PLOT,
+    CURVES_PLOT,
+    ReportError,
+    Style,
+    accuracy_figure,
+    load_run,
+    load_search,
+    split_inputs,
+    write_report,
+)
+
+RECIPES = {
+    "bignas_kl": ("sandwich", "inplace", "kl", "shrink_from_start"),
+    "deps_alpha": ("sandwich", "inplace", "adaptive_alpha", "delayed_eps"),
+}
+
+
+def make_run(root: Path, recipe: tuple[str, str, str, str], *, evals: bool = True, quality: float = 0.0) -> Path:
+    """A run directory with config.yaml and metrics.jsonl (two epochs, a torn last line)."""
+    root.mkdir(parents=True)
+    sampler, teacher, divergence, schedule = recipe
+    config = {"seed": 0, "space": "fmnist", "data": {"name": "fashion_mnist"}, "optim": {"lr": 0.2},
+              "train": {"epochs": 2}, "sampler": {"name": sampler, "num_random": 2}, "teacher": {"name": teacher},
+              "distill": {"divergence": divergence}, "schedule": {"name": schedule}}
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    lines = []
+    for step in range(1, 41, 4):
+        lines.append({"kind": "train", "step": step, "epoch": 1 + step // 20, "phase": "train", "lr": 0.1, "eps": 1.0,
+                      "loss": 2.0 / step ** 0.3, "loss_full": None if step == 5 else 1.8 / step ** 0.3,
+                      "loss_students": 0.5, "networks": 4, "train_macs": step * 2.5e10, "wall_time": step * 3.0,
+                      "skipped_steps": 0})
+        if evals and step in (17, 37):
+            epoch = 1 if step == 17 else 2
+            lines.append({"kind": "eval", "step": step + 3, "epoch": epoch,
+                          "smallest_top1": 0.70 + 0.05 * epoch + quality, "largest_top1": 0.80 + 0.04 * epoch + quality,
+                          "smallest_loss": 0.9, "largest_loss": 0.6, "train_macs": (step + 3) * 2.5e10,
+                          "wall_time": (step + 3) * 3.0})
+    (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"kind": "train", "st')
+    return root
+
+
+def candidate(macs: int, val: float, test: float | None) -> dict[str, Any]:
+    return {"arch": {"resolution": 28, "widths": [8, 16], "depths": [1, 2]}, "macs": macs, "params": macs // 40,
+            "latency_ms": None, "val_top1": val, "test_top1": test, "test_top5": None if test is None else test + 0.1}
+
+
+def make_search(root: Path, run_dir: Path, *, offset: float, with_test: bool) -> Path:
+    """A search directory whose front.json names `run_dir`."""
+    root.mkdir(parents=True)
+    evaluated = [candidate(1_000_000 + 150_000 * i, 0.70 + offset + 0.01 * (i % 7) + 0.002 * i,
+                           (0.69 + offset + 0.002 * i) if with_test else None) for i in range(40)]
+    front = [evaluated[i] for i in (0, 6, 13, 20, 27, 34, 39)]
+    edges = [1_000_000 + 1_000_000 * k for k in range(7)]
+    buckets = [{"low": lo, "high": hi, "best": front[k] if k < 5 else None}
+               for k, (lo, hi) in enumerate(itertools.pairwise(edges))]
+    data = {"format": 1, "run_dir": str(run_dir), "checkpoint": str(run_dir / "checkpoints/latest.pt"),
+            "space": "fmnist", "num_classes": 10, "cost": "macs", "constraints": ["macs<=7e6"],
+            "front": front, "evaluated": evaluated, "buckets": buckets, "mean_pareto_accuracy": 0.7654 + offset,
+            "smallest": evaluated[0], "largest": evaluated[-1],
+            "budgets": [{"budget": "macs<=3e6", "best": front[2]}, {"budget": "macs<=1e5", "best": None}],
+            "search": {"evaluations": 40, "generations": 3, "wall_time": 12.5, "predictor": None}}
+    (root / "front.json").write_text(json.dumps(data))
+    return root
+
+
+@pytest.fixture
+def two_runs(tmp_path: Path) -> tuple[list[Path], list[Path]]:
+    runs = [make_run(tmp_path / "runs" / name, recipe, quality=0.01 * i)
+            for i, (name, recipe) in enumerate(RECIPES.items())]
+    searches = [make_search(tmp_path / "search" / run.name, run, offset=0.02 * i, with_test=i == 0)
+                for i, run in enumerate(runs)]
+    return runs, searches
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_report_files_exist_and_html_references_every_plot(tmp_path: Path, two_runs) -> None:
+    runs, searches = two_runs
+    index = write_report(runs, searches, tmp_path / "report")
+    assert index == tmp_path / "report" / "index.html"
+    pngs = sorted(p.name for p in index.parent.glob("*.png"))
+    assert pngs == sorted([ACCURACY_PLOT, CURVES_PLOT, COST_PLOT])
+    page = index.read_text()
+    for name in pngs:
+        width, height = png_size(index.parent / name)
+        assert width >= 400 and height >= 300
+        assert (index.parent / name).stat().st_size > 10_000
+        assert f'<img src="{name}"' in page
+    assert not re.search(r"<script|https?://", page), "the page must be self-contained"
+    assert not list(index.parent.glob(".*.tmp")), "atomic writes leave no temporary files"
+
+
+def test_html_holds_runs_buckets_and_mean_pareto_accuracy(tmp_path: Path, two_runs) -> None:
+    runs, searches = two_runs
+    page = write_report(runs, searches, tmp_path / "report", title="KL vs adaptive alpha").read_text()
+    assert "<title>KL vs adaptive alpha</title>" in page
+    assert "bignas_kl: sandwich/inplace/kl/shrink_from_start" in page
+    assert "deps_alpha: sandwich/inplace/adaptive_alpha/delayed_eps" in page
+    assert "76.54%" in page and "78.54%" in page  # mean Pareto accuracy of each search
+    assert "1 M – 2 M" in page and "6 M – 7 M" in page  # bucket ranges
+    for search in searches:
+        for bucket in json.loads((search / "front.json").read_text())["buckets"]:
+            if bucket["best"] is not None:
+                best = bucket["best"]
+                assert f"{best['macs'] / 1e6:.4g} M" in page and f"{100 * best['val_top1']:.2f}%" in page
+                assert best["test_top1"] is None or f"{100 * best['test_top1']:.2f}%" in page
+    assert page.count("<h4>Best sub-network per MACs bucket</h4>") == 2
+    assert "macs&lt;=3e6" in page and "none meets the budget" in page
+    assert "measured no test accuracy" in page  # the second search has none
+    assert "81.00%" in page and "89.00%" in page  # final smallest / largest val top-1 of the second run
+    assert "2.0 min" in page  # wall time of a run: the last eval at step 40, 3 s per step
+
+
+def test_several_runs_overlaid_in_the_front_plot(two_runs) -> None:
+    _, searches = two_runs
+    loaded = [load_search(s) for s in searches]
+    styles = [Style("a: sandwich/inplace/kl/shrink_from_start", "#1f77b4"),
+              Style("b: sandwich/inplace/adaptive_alpha/delayed_eps", "#ff7f0e")]
+    fig = accuracy_figure(list(zip(loaded, styles)), [])
+    assert fig is not None
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert texts[:2] == [s.label for s in styles]
+    assert "evaluated sub-networks" in texts and "test top-1 of front members" in texts
+
+
+def test_run_without_evals_still_reports(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "noeval", RECIPES["bignas_kl"], evals=False)
+    index = write_report([run], [], tmp_path / "report")
+    page = index.read_text()
+    assert {p.name for p in index.parent.glob("*.png")} == {CURVES_PLOT, COST_PLOT}
+    assert f'<img src="{ACCURACY_PLOT}"' not in page
+    assert "no evaluation records" in page and "No search given" in page
+    assert "smallest val top-1" in page and "—" in page
+
+
+def test_search_alone_pulls_in_its_run(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "runs" / "deps_alpha", RECIPES["deps_alpha"])
+    search = make_search(tmp_path / "search", run, offset=0.0, with_test=True)
+    page = write_report([], [search], tmp_path / "report").read_text()
+    assert "deps_alpha: sandwich/inplace/adaptive_alpha/delayed_eps" in page
+    assert "was added because search" in page and f'<img src="{COST_PLOT}"' in page
+
+
+def test_stale_plots_are_removed_and_text_is_escaped(tmp_path: Path, two_runs) -> None:
+    runs, searches = two_runs
+    out = tmp_path / "report"
+    write_report(runs, searches, out)
+    page = write_report(runs[:1], [], out, title="<b>x & y</b>").read_text()
+    assert not (out / ACCURACY_PLOT).exists()
+    assert "&lt;b&gt;x &amp; y&lt;/b&gt;" in page and "<b>x" not in page
+
+
+def test_missing_inputs_give_clear_errors(tmp_path: Path, two_runs) -> None:
+    runs, _ = two_runs
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ReportError, match=r"empty has no metrics\.jsonl; train first"):
+        write_report([empty], [], tmp_path / "report")
+    with pytest.raises(ReportError, match=r"empty has no front\.json; run `supernet search`"):
+        write_report(runs, [empty], tmp_path / "report")
+    with pytest.raises(ValueError, match="nothing to report"):
+        write_report([], [], tmp_path / "report")
+    (empty / "front.json").write_text('{"format": 1, "front": [')
+    with pytest.raises(ReportError, match="not valid JSON"):
+        load_search(empty)
+    (empty / "front.json").write_text('{"format": 1, "front": [{"macs": 1}], "evaluated": [], "buckets": [], '
+                                      '"mean_pareto_accuracy": 0.5}')
+    with pytest.raises(ReportError, match=r"front\[0\] is not a sub-network record"):
+        load_search(empty)
+    with pytest.raises(ReportError, match="is a file"):
+        write_report(runs, [], runs[0] / "config.yaml")
+    assert not (tmp_path / "report").exists()
+
+
+def test_load_run_ignores_torn_line_and_split_inputs(two_runs) -> None:
+    runs, searches = two_runs
+    info = load_run(runs[0])
+    assert len(info.train) == 10 and len(info.evals) == 2
+    assert info.latest("wall_time") == 120.0
+    assert split_inputs([searches[1], runs[0]]) == ([runs[0]], [searches[1]])
+    with pytest.raises(ReportError, match="neither a run directory"):
+        split_inputs([runs[0].parent])
