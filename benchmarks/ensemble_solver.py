@@ -29,7 +29,9 @@ def _timings(fn: Callable[[], object], repeats: int, warmup: int = 5) -> list[fl
     return times
 
 
-def _members(generator: torch.Generator, m: int, batch: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _members(
+    generator: torch.Generator, m: int, batch: int, classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Members of decreasing quality around the labels, like sub-networks of one supernet."""
     labels = torch.randint(0, classes, (batch,), generator=generator)
     quality = torch.linspace(3.0, 1.0, m)
@@ -52,7 +54,9 @@ def bench_solver(generator: torch.Generator, batch: int = 256, repeats: int = 20
             print(f"  {m:>2} {classes:>7} {cells[0]:>22} {cells[1]:>22}")
 
 
-def bench_divergences(generator: torch.Generator, batch: int = 256, classes: int = 1000, rounds: int = 40) -> None:
+def bench_divergences(
+    generator: torch.Generator, batch: int = 256, classes: int = 1000, rounds: int = 40
+) -> None:
     """Forward+backward of adaptive_alpha_divergence vs kl_divergence, measured interleaved."""
     student = torch.randn(batch, classes, generator=generator).requires_grad_(True)
     teacher = torch.randn(batch, classes, generator=generator)
@@ -82,8 +86,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} torch threads")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads"
+    )
+    tiny = torch.ones(10)
+    overhead = statistics.median(_timings(functools.partial(torch.add, tiny, tiny), 2000))
+    print(f"(machine calibration: torch.add on 10 elements takes {overhead * 1e6:.2f} us)")
     generator = torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
     bench_solver(generator)

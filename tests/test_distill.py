@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
+from torch import Tensor
 
 from supernet.distill import (
     DIVERGENCES,
@@ -24,15 +25,17 @@ from supernet.distill import (
     symmetric_kl_divergence,
 )
 
-TEMPERATURE_DIVERGENCES = [kl_divergence, reverse_kl_divergence, symmetric_kl_divergence, soft_cross_entropy]
+TEMPERATURE_DIVERGENCES = {
+    "kl": kl_divergence,
+    "reverse_kl": reverse_kl_divergence,
+    "symmetric_kl": symmetric_kl_divergence,
+    "soft_ce": soft_cross_entropy,
+}
 
 
 def _logits(seed: int, batch: int = 8, classes: int = 10, scale: float = 2.0, dtype=torch.float64) -> Tensor:
     generator = torch.Generator().manual_seed(seed)
     return (scale * torch.randn(batch, classes, generator=generator, dtype=torch.float64)).to(dtype)
-
-
-Tensor = torch.Tensor
 
 
 def _pair(seed: int, **kwargs) -> tuple[Tensor, Tensor]:
@@ -71,7 +74,7 @@ def _student_grad(fn, student: Tensor, teacher: Tensor, **kwargs) -> Tensor:
 def test_kl_family_matches_closed_forms(temperature: float) -> None:
     student, teacher = _pair(0)
     reference = _reference_divergences(student, teacher, temperature)
-    for name, fn in zip(["kl", "reverse_kl", "symmetric_kl", "soft_ce"], TEMPERATURE_DIVERGENCES):
+    for name, fn in TEMPERATURE_DIVERGENCES.items():
         per_sample = fn(student, teacher, temperature, reduction="none")
         torch.testing.assert_close(per_sample, reference[name], rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(fn(student, teacher, temperature), reference[name].mean())
@@ -82,7 +85,9 @@ def test_kl_gradient_is_temperature_times_q_minus_p(temperature: float) -> None:
     student, teacher = _pair(1)
     p, q = torch.softmax(teacher / temperature, 1), torch.softmax(student / temperature, 1)
     expected = temperature * (q - p) / student.shape[0]
-    torch.testing.assert_close(_student_grad(kl_divergence, student, teacher, temperature=temperature), expected)
+    torch.testing.assert_close(
+        _student_grad(kl_divergence, student, teacher, temperature=temperature), expected
+    )
     # soft cross-entropy differs from KL by the teacher entropy only, so the gradients agree
     torch.testing.assert_close(
         _student_grad(soft_cross_entropy, student, teacher, temperature=temperature), expected
@@ -157,7 +162,9 @@ def test_alpha_zero_is_reverse_kl_and_ignores_clip() -> None:
     student, teacher = _pair(8, scale=3.0)
     expected = _student_grad(reverse_kl_divergence, student, teacher)
     for clip in (None, 1.1):
-        torch.testing.assert_close(_student_grad(alpha_divergence, student, teacher, alpha=0.0, clip=clip), expected)
+        torch.testing.assert_close(
+            _student_grad(alpha_divergence, student, teacher, alpha=0.0, clip=clip), expected
+        )
 
 
 def test_clip_changes_gradient_not_value() -> None:
@@ -201,7 +208,7 @@ def _all_divergences() -> list:
     ]
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50, deadline=None, derandomize=True)
 @given(
     seed=st.integers(0, 2**16),
     scale=st.floats(0.01, 20.0),
@@ -217,7 +224,7 @@ def test_divergences_are_nonnegative(seed: int, scale: float, alpha: float, clip
             assert (value > 0).all()
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 2**16), scale=st.floats(0.0, 50.0), alpha=st.floats(-3.0, 4.0))
 def test_divergences_vanish_at_equal_distributions(seed: int, scale: float, alpha: float) -> None:
     logits = _logits(seed, batch=4, classes=6, scale=scale, dtype=torch.float32)
@@ -268,7 +275,10 @@ def test_teacher_receives_no_gradient() -> None:
     student, teacher = _pair(13, dtype=torch.float32)
     for name in DIVERGENCES:
         kwargs = {"alpha": 0.5, "clip": 3.0} if name == "alpha" else {}
-        leaf_student, leaf_teacher = student.clone().requires_grad_(True), teacher.clone().requires_grad_(True)
+        leaf_student, leaf_teacher = (
+            student.clone().requires_grad_(True),
+            teacher.clone().requires_grad_(True),
+        )
         get_divergence(name, **kwargs)(leaf_student, leaf_teacher).backward()
         assert leaf_teacher.grad is None and leaf_student.grad is not None
 

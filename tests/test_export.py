@@ -28,16 +28,31 @@ from supernet.training.checkpoint import RunDir, RunDirError, save_checkpoint
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = 10
 CHANNELS = 1
-# A shape-changing first block (pooled 1x1-conv shortcut), mixed kernels and ratios, squeeze-excite.
-ARCH = Arch(
-    resolution=24,
-    stem_width=16,
-    widths=(24, 32, 48, 64),
-    depths=(2, 2, 1, 2),
-    kernels=((3, 5), (5, 3), (5,), (3, 5)),
-    expand_ratios=((1, 1), (6, 3), (4,), (6, 4)),
-    head_width=256,
-)
+SPACE = spaces.get("fmnist")
+
+
+def mixed_arch(space: SearchSpace) -> Arch:
+    """Deepest blocks, kernels and ratios alternating per block, a stem narrower than stage 1 (conv shortcut)."""
+    spec = space.spec
+    depths = tuple(max(st.depths) for st in space.stages)
+    return Arch(
+        resolution=sorted(spec.resolutions)[len(spec.resolutions) // 2],
+        stem_width=min(spec.stem.widths),
+        widths=tuple(max(st.widths) for st in space.stages),
+        depths=depths,
+        kernels=tuple(
+            tuple(st.kernels[b % len(st.kernels)] for b in range(d)) for st, d in zip(space.stages, depths)
+        ),
+        expand_ratios=tuple(
+            tuple(st.expand_ratios[-1 - b % len(st.expand_ratios)] for b in range(d))
+            for st, d in zip(space.stages, depths)
+        ),
+        head_width=min(spec.head.widths),
+    )
+
+
+# Derived from the preset rather than spelled out, so the tests follow changes to the preset's choices.
+ARCH = mixed_arch(SPACE)
 CARD = {
     "source": "runs/fmnist-alphanet",
     "checkpoint_id": "ab12" * 16,
@@ -52,7 +67,7 @@ CARD = {
 
 @pytest.fixture(scope="module")
 def space() -> SearchSpace:
-    return spaces.get("fmnist")
+    return SPACE
 
 
 def random_supernet(space: SearchSpace, seed: int = 0, kernel_transform: bool = False) -> Supernet:
@@ -96,7 +111,9 @@ def test_round_trip_reproduces_the_extracted_module(
 ) -> None:
     paths = export(extracted, space, tmp_path / "out", weights_format=weights_format)
     assert paths.weights.name == {"safetensors": "model.safetensors", "torch": "model.pt"}[weights_format]
-    assert sorted(p.name for p in paths.root.iterdir()) == sorted(["arch.json", paths.weights.name, "MODEL_CARD.md"])
+    assert sorted(p.name for p in paths.root.iterdir()) == sorted(
+        ["arch.json", paths.weights.name, "MODEL_CARD.md"]
+    )
     rng_before = torch.get_rng_state()
     loaded = load_subnet(paths.root)
     assert torch.equal(torch.get_rng_state(), rng_before)
@@ -124,7 +141,9 @@ def test_loaded_module_is_plain_torch(extracted: nn.Module, space: SearchSpace, 
         assert origin.startswith("torch.nn.") or origin == "supernet.nn.static", type(m)
 
 
-def test_arch_json_holds_everything_to_rebuild(extracted: nn.Module, space: SearchSpace, tmp_path: Path) -> None:
+def test_arch_json_holds_everything_to_rebuild(
+    extracted: nn.Module, space: SearchSpace, tmp_path: Path
+) -> None:
     paths = export(extracted, space, tmp_path / "out", card={})
     doc = json.loads(paths.arch.read_text())
     assert Arch.from_dict(doc["arch"]) == ARCH
@@ -154,7 +173,11 @@ def test_onnx_matches_pytorch(extracted: nn.Module, space: SearchSpace, tmp_path
     (inp,), (out,) = graph.input, graph.output
     assert (inp.name, out.name) == ("images", "logits")
     dims = inp.type.tensor_type.shape.dim
-    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [CHANNELS, ARCH.resolution, ARCH.resolution]
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [
+        CHANNELS,
+        ARCH.resolution,
+        ARCH.resolution,
+    ]
     x = images(5)  # a batch size the export never saw
     session = ort.InferenceSession(str(paths.onnx), providers=["CPUExecutionProvider"])
     logits = torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
@@ -170,6 +193,17 @@ def test_verify_onnx_detects_a_mismatch(extracted: nn.Module, space: SearchSpace
     torch.save(state, paths.weights)
     with pytest.raises(ExportError, match="differs from the PyTorch model"):
         verify_onnx(paths.root)
+
+
+def test_verify_onnx_reports_a_corrupt_onnx_file(
+    extracted: nn.Module, space: SearchSpace, tmp_path: Path
+) -> None:
+    pytest.importorskip("onnxruntime")
+    paths = export(extracted, space, tmp_path / "out", onnx=True)
+    paths.onnx.write_bytes(b"not a protobuf")
+    with pytest.raises(ExportError, match="onnxruntime cannot run .*model.onnx") as info:
+        verify_onnx(paths.root)
+    assert "\n" not in str(info.value)
 
 
 def test_verify_onnx_needs_an_onnx_file(extracted: nn.Module, space: SearchSpace, tmp_path: Path) -> None:
@@ -188,11 +222,22 @@ def test_model_card_states_cost_accuracy_source_and_use(
     text = paths.card.read_text()
     c = cost(space, ARCH, CLASSES, CHANNELS)
     for needle in (
-        "MACs", f"{c.macs:,}", f"{c.params:,}",
-        "85.16%", "99.02%", "84.37%", "98.75%",  # val and test top-1 / top-5
-        CARD["source"], CARD["checkpoint_id"], CARD["budget"],
-        "supernet.load_subnet(", "onnxruntime", "model.onnx",
-        "[0.286]", "[0.353]", f"(batch, {CHANNELS}, {ARCH.resolution}, {ARCH.resolution})",
+        "MACs",
+        f"{c.macs:,}",
+        f"{c.params:,}",
+        "85.16%",
+        "99.02%",
+        "84.37%",
+        "98.75%",  # val and test top-1 / top-5
+        CARD["source"],
+        CARD["checkpoint_id"],
+        CARD["budget"],
+        "supernet.load_subnet(",
+        "onnxruntime",
+        "model.onnx",
+        "[0.286]",
+        "[0.353]",
+        f"(batch, {CHANNELS}, {ARCH.resolution}, {ARCH.resolution})",
     ):
         assert needle in text, needle
     doc = json.loads(paths.arch.read_text())
@@ -206,8 +251,11 @@ def test_model_card_without_measurements(extracted: nn.Module, space: SearchSpac
 
 @pytest.mark.parametrize(
     ("card", "match"),
-    [({"top1": 0.9}, "unknown model card keys"), ({"mean": (0.1, 0.2)}, "one number per input channel"),
-     ({"val": 0.9}, "EvalResult or a dict")],
+    [
+        ({"top1": 0.9}, "unknown model card keys"),
+        ({"mean": (0.1, 0.2)}, "one number per input channel"),
+        ({"val": 0.9}, "EvalResult or a dict"),
+    ],
 )
 def test_bad_card_is_refused_before_writing(
     extracted: nn.Module, space: SearchSpace, tmp_path: Path, card: dict, match: str
@@ -237,7 +285,9 @@ def test_empty_out_dir_is_used(extracted: nn.Module, space: SearchSpace, tmp_pat
     load_subnet(export(extracted, space, tmp_path / "out").root)
 
 
-def test_overwrite_replaces_a_previous_export(extracted: nn.Module, space: SearchSpace, tmp_path: Path) -> None:
+def test_overwrite_replaces_a_previous_export(
+    extracted: nn.Module, space: SearchSpace, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     export(extracted, space, out, weights_format="torch")
     with pytest.raises(ExportError, match="not empty"):
@@ -332,7 +382,9 @@ def make_run(space: SearchSpace, root: Path, net: Supernet, config: dict | None 
 
 
 @pytest.mark.parametrize("kernel_transform", [False, True])
-def test_load_supernet_from_a_run_directory(space: SearchSpace, tmp_path: Path, kernel_transform: bool) -> None:
+def test_load_supernet_from_a_run_directory(
+    space: SearchSpace, tmp_path: Path, kernel_transform: bool
+) -> None:
     net = random_supernet(space, seed=2, kernel_transform=kernel_transform)
     run = make_run(space, tmp_path / "run", net)
     latest = RunDir(run).latest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 
@@ -79,7 +80,7 @@ def test_front_is_the_non_dominated_set(cands: list[Candidate]) -> None:
     points = [(c.macs, c.val_top1) for c in front]
     brute = {(c.macs, c.val_top1) for c in cands if not any(dominates(o, c) for o in cands)}
     assert sorted(points) == points and set(points) == brute and len(points) == len(brute)
-    assert all(a[0] < b[0] and a[1] < b[1] for a, b in zip(points, points[1:]))
+    assert all(a[0] < b[0] and a[1] < b[1] for a, b in itertools.pairwise(points))
 
 
 def test_front_ties_and_duplicates() -> None:
@@ -101,14 +102,25 @@ def test_front_on_other_cost_axes() -> None:
 
 def test_bucket_table_hand_made() -> None:
     cs = [
-        cand(0, 0.30, 0), cand(5, 0.35, 1), cand(5, 0.20, 2),  # bucket 0 [0, 10): best 0.35
+        cand(0, 0.30, 0),
+        cand(5, 0.35, 1),
+        cand(5, 0.20, 2),  # bucket 0 [0, 10): best 0.35
         cand(10, 0.40, 3),  # bucket 1 starts at 10 (half-open intervals)
-        cand(59, 0.50, 4), cand(60, 0.55, 5),  # the last bucket is closed: 60 belongs to it
-        cand(61, 0.99, 6), cand(-1, 0.99, 7),  # outside the range: ignored
+        cand(59, 0.50, 4),
+        cand(60, 0.55, 5),  # the last bucket is closed: 60 belongs to it
+        cand(61, 0.99, 6),
+        cand(-1, 0.99, 7),  # outside the range: ignored
     ]
     table = bucket_table(cs, 0, 60, n=6)
     assert [(b.low, b.high) for b in table] == [(0, 10), (10, 20), (20, 30), (30, 40), (40, 50), (50, 60)]
-    assert [None if b.best is None else b.best.val_top1 for b in table] == [0.35, 0.40, None, None, None, 0.55]
+    assert [None if b.best is None else b.best.val_top1 for b in table] == [
+        0.35,
+        0.40,
+        None,
+        None,
+        None,
+        0.55,
+    ]
     assert table[0].to_dict()["best"]["val_top1"] == 0.35 and table[2].to_dict()["best"] is None
 
 
@@ -183,4 +195,6 @@ def test_mean_pareto_accuracy_matches_a_fine_riemann_sum(cands: list[Candidate])
         best = np.where(xs >= c.macs / 20 - 1e-12, np.maximum(best, c.val_top1), best)
     assert value == pytest.approx(float(best.mean()), abs=1e-4)
     assert front[0].val_top1 - 1e-12 <= value <= front[-1].val_top1 + 1e-12
-    assert mean_pareto_accuracy(cands + [cand(20, 0.0, 9)], 0, 20) == pytest.approx(value)  # dominated: no change
+    assert mean_pareto_accuracy(cands + [cand(20, 0.0, 9)], 0, 20) == pytest.approx(
+        value
+    )  # dominated: no change

@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from supernet import spaces
+from supernet.export import export_subnet, load_subnet, load_supernet, verify_onnx
 from supernet.model import Supernet
 from supernet.space import Arch, ArchError, SearchSpace, SpaceError
 
@@ -11,4 +12,16 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+src"
 
-__all__ = ["Arch", "ArchError", "SearchSpace", "SpaceError", "Supernet", "__version__", "spaces"]
+__all__ = [
+    "Arch",
+    "ArchError",
+    "SearchSpace",
+    "SpaceError",
+    "Supernet",
+    "__version__",
+    "export_subnet",
+    "load_subnet",
+    "load_supernet",
+    "spaces",
+    "verify_onnx",
+]

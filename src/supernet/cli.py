@@ -11,8 +11,6 @@ from pathlib import Path
 import supernet
 from supernet import spaces
 from supernet.cost import cost
-from supernet.data import DatasetError
-from supernet.space import ArchError, SpaceError
 from supernet.training.checkpoint import RunDirError
 from supernet.training.config import ConfigError, load_config
 
@@ -34,27 +32,176 @@ def _cmd_space(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from supernet.distributed import init_from_env, shutdown
     from supernet.training.loop import Trainer, TrainingStopped
 
-    if args.resume:
-        if args.config or args.overrides:
-            raise ConfigError("--resume continues a run with its saved config; drop CONFIG and --set")
-        trainer = Trainer(None, args.resume, resume=True, progress=not args.no_progress)
-    else:
-        if not args.config:
-            raise ConfigError("give a recipe (e.g. configs/alphanet.yaml) or --resume RUN_DIR")
-        config = load_config(args.config, args.overrides)
-        out = args.out or f"runs/{Path(args.config).stem}"
-        trainer = Trainer(config, out, force=args.force, progress=not args.no_progress)
-    print(f"run directory: {trainer.run_dir.root}", file=sys.stderr)
+    if args.resume and (args.config or args.overrides):
+        raise ConfigError("--resume continues a run with its saved config; drop CONFIG and --set")
+    if not args.resume and not args.config:
+        raise ConfigError("give a recipe (e.g. configs/alphanet.yaml) or --resume RUN_DIR")
+    config = None if args.resume else load_config(args.config, args.overrides)
+    ctx = init_from_env()
     try:
+        if args.resume:
+            trainer = Trainer(None, args.resume, resume=True, progress=not args.no_progress, dist=ctx)
+        else:
+            out = args.out or f"runs/{Path(args.config).stem}"
+            trainer = Trainer(config, out, force=args.force, progress=not args.no_progress, dist=ctx)
+        if ctx.is_main:
+            print(f"run directory: {trainer.run_dir.root}", file=sys.stderr)
         result = trainer.run(until_step=args.max_steps)
     except TrainingStopped as err:
         print(f"supernet train: stopped: {err}", file=sys.stderr)
         return 3
+    finally:
+        shutdown(ctx)
+    if not ctx.is_main:
+        return 0
     state = "finished" if result.finished else "paused (resume with --resume)"
     print(f"{state} at step {result.global_step}/{result.total_steps}; checkpoints in {trainer.run_dir.checkpoints}")
     return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from supernet.search.job import open_run
+
+    opened = open_run(args.run_dir, batch_size=args.batch_size, recalibration_images=args.recal_images,
+                      cache_path=Path(args.run_dir) / "eval_cache.json")
+    arch = opened.resolve_arch(args.arch)
+    result = opened.evaluator.evaluate(arch, args.split)
+    c = cost(opened.run.space, arch, opened.run.num_classes, opened.run.in_channels)
+    out = {"arch": arch.to_dict(), "split": args.split, "top1": result.top1, "top5": result.top5,
+           "loss": result.loss, "images": result.images, "macs": c.macs, "params": c.params}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        top5 = "" if result.top5 is None else f"  top-5 {result.top5:.2%}"
+        print(f"{args.arch}: {args.split} top-1 {result.top1:.2%}{top5}  loss {result.loss:.4f}  "
+              f"({result.images} images; {c.macs / 1e6:.2f} MMACs, {c.params / 1e6:.3f} M params)")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from supernet.distributed import init_from_env, shutdown
+    from supernet.search.evolution import SearchSettings
+    from supernet.search.job import open_run, run_search
+
+    out = Path(args.out or Path(args.run_dir) / "search")
+    if (out / "front.json").exists() and not (args.force or (out / "search_state.json").exists()):
+        raise RunDirError(f"{out} already holds a finished search; choose another --out or pass --force")
+    ctx = init_from_env()
+    try:
+        if args.force and ctx.is_main:
+            for name in ("front.json", "search_state.json"):
+                (out / name).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        opened = open_run(args.run_dir, batch_size=args.batch_size, recalibration_images=args.recal_images,
+                          cache_path=out / "eval_cache.json", dist=ctx)
+        latency = None
+        if args.latency_table:
+            from supernet.search.latency import LatencyTable
+
+            latency = LatencyTable.load(args.latency_table).predict
+        settings = SearchSettings(
+            population=args.population, parents_per_bucket=args.parents, mutations=args.mutations,
+            mutation_prob=args.mutation_prob, crossovers=args.crossovers, iterations=args.iterations,
+            seed=args.seed, prescreen_keep=args.prescreen_keep if args.predictor else None,
+        )
+        report = run_search(opened, out, constraints=args.constraint, budgets=args.budgets, settings=settings,
+                            predictor=args.predictor, latency=latency, progress=not args.no_progress, dist=ctx)
+    finally:
+        shutdown(ctx)
+    if ctx.is_main:
+        _print_front(report)
+        print(f"wrote {out / 'front.json'}")
+    return 0
+
+
+def _print_front(report: dict) -> None:
+    print(f"{len(report['front'])} sub-networks on the front, {report['search']['evaluations']} evaluated; "
+          f"mean Pareto accuracy {report['mean_pareto_accuracy']:.2%}")
+    print(f"{'MACs bucket (M)':<20} {'MMACs':>8} {'val top-1':>10} {'test top-1':>11}")
+    for b in report["buckets"]:
+        best = b["best"]
+        span = f"{b['low'] / 1e6:.2f}-{b['high'] / 1e6:.2f}"
+        if best is None:
+            print(f"{span:<20} {'-':>8}")
+            continue
+        test = "-" if best.get("test_top1") is None else f"{best['test_top1']:.2%}"
+        print(f"{span:<20} {best['macs'] / 1e6:8.2f} {best['val_top1']:10.2%} {test:>11}")
+    for item in report["budgets"]:
+        best = item["best"]
+        print(f"budget {item['budget']}: " + ("nothing found" if best is None else
+              f"{best['macs'] / 1e6:.2f} MMACs, val {best['val_top1']:.2%}, test {best.get('test_top1') or 0:.2%}"))
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from supernet.export import export_subnet, verify_onnx
+    from supernet.search.job import open_run
+    from supernet.search.objectives import Constraint
+    from supernet.search.pareto import Candidate
+
+    opened = open_run(args.run_dir, batch_size=args.batch_size, recalibration_images=args.recal_images,
+                      cache_path=Path(args.run_dir) / "eval_cache.json")
+    if bool(args.arch) == bool(args.from_front):
+        raise ConfigError("give exactly one of --arch ARCH.json|largest|smallest and --from-front SEARCH_DIR")
+    budget = None
+    if args.arch:
+        arch = opened.resolve_arch(args.arch)
+    else:
+        if not args.budget:
+            raise ConfigError("--from-front needs --budget, e.g. --budget 'macs<=30e6'")
+        budget = Constraint.parse(args.budget)
+        front_path = Path(args.from_front) / "front.json"
+        if not front_path.is_file():
+            raise FileNotFoundError(f"{front_path} not found; run `supernet search {args.run_dir} --out {args.from_front}`")
+        front = [Candidate.from_dict(c) for c in json.loads(front_path.read_text())["front"]]
+        fitting = [c for c in front if budget.admits(c.cost(budget.metric))] if budget.metric != "latency" else []
+        if not fitting:
+            raise ConfigError(f"no front member of {front_path} satisfies {budget}; relax the budget")
+        arch = opened.run.space.validate(max(fitting, key=lambda c: c.val_top1).arch)
+    ev, data = opened.evaluator, opened.data
+    val = ev.evaluate(arch, "val") if data.val is not None else None
+    test = ev.evaluate(arch, "test")
+    card = {"source": str(args.run_dir), "checkpoint_id": opened.run.checkpoint_id, "dataset": data.name,
+            "test": test, "mean": data.train.normalizer.mean, "std": data.train.normalizer.std}
+    if val is not None:
+        card["val"] = val
+    if budget is not None:
+        card["budget"] = str(budget)
+    export_subnet(ev.extract(arch), opened.run.space, arch, opened.run.num_classes, opened.run.in_channels,
+                  Path(args.out), card=card, weights_format=args.weights, onnx=not args.no_onnx,
+                  overwrite=args.overwrite)
+    diff = None if args.no_onnx else verify_onnx(Path(args.out))
+    c = cost(opened.run.space, arch, opened.run.num_classes, opened.run.in_channels)
+    print(f"exported to {args.out}: {c.macs / 1e6:.2f} MMACs, {c.params / 1e6:.3f} M params, "
+          + (f"val top-1 {val.top1:.2%}, " if val else "") + f"test top-1 {test.top1:.2%}"
+          + ("" if diff is None else f"; ONNX max |diff| {diff:.1e}"))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from supernet.report import write_report
+
+    runs, searches = [], []
+    for item in args.paths:
+        path = Path(item)
+        if (path / "front.json").is_file():
+            searches.append(path)
+        elif (path / "metrics.jsonl").is_file():
+            runs.append(path)
+        else:
+            raise FileNotFoundError(f"{path} is neither a run directory (metrics.jsonl) nor a search directory "
+                                    "(front.json); train with `supernet train` or search with `supernet search`")
+    index = write_report(runs, searches, Path(args.out), title=args.title)
+    print(f"wrote {index}")
+    return 0
+
+
+def _add_eval_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch (default: the run's)")
+    p.add_argument("--recal-images", type=int, default=None,
+                   help="training images for BN recalibration (default: the run's train.recal_images)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +243,91 @@ def build_parser() -> argparse.ArgumentParser:
                        help="pause after this global step (checkpointed; continue with --resume)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(handler=_cmd_train)
+
+    ev = commands.add_parser(
+        "eval", help="accuracy of one sub-network after BN recalibration (cached per checkpoint)",
+        description="Recalibrate BN statistics of a sub-network on training images, then measure top-1/top-5 "
+        "on the held-out val split (or the official test split). Results are cached in RUN_DIR/eval_cache.json.",
+    )
+    ev.add_argument("run_dir", help="a run directory of `supernet train`")
+    ev.add_argument("--arch", default="largest", help="largest, smallest or an ARCH.json (default: largest)")
+    ev.add_argument("--split", choices=["val", "test"], default="val")
+    ev.add_argument("--json", action="store_true", help="print JSON")
+    _add_eval_options(ev)
+    ev.set_defaults(handler=_cmd_eval)
+
+    search = commands.add_parser(
+        "search", help="evolutionary search of the accuracy-vs-MACs Pareto front (or the best per budget)",
+        description="Evolutionary search (AlphaNet/AttentiveNAS) of the accuracy-vs-MACs Pareto front under "
+        "constraints; with --budgets, the best sub-network under each budget. Writes OUT/front.json with "
+        "every evaluated sub-network, the front (val and test accuracy), the 6-bucket table and mean Pareto "
+        "accuracy. A killed search continues from its last generation when run again with the same options. "
+        "Under torchrun, evaluations are sharded across processes.",
+    )
+    search.add_argument("run_dir", help="a run directory of `supernet train`")
+    search.add_argument("--out", help="search directory (default: RUN_DIR/search)")
+    search.add_argument("--constraint", action="append", default=[], metavar="EXPR",
+                        help="e.g. 'macs<=50e6', 'params<=1M', '10M<=macs<=30M', 'latency<=5ms' (repeatable)")
+    search.add_argument("--budgets", nargs="+", default=[], metavar="EXPR",
+                        help="budget mode: the best sub-network under each, e.g. --budgets 'macs<=2M' 'macs<=4M'")
+    search.add_argument("--predictor", action="store_true",
+                        help="pre-screen children with an accuracy predictor fit on the evaluations so far")
+    search.add_argument("--prescreen-keep", type=int, default=32, help="children kept per generation by the predictor")
+    search.add_argument("--latency-table", help="a latency lookup table JSON (enables latency constraints)")
+    search.add_argument("--population", type=int, default=512)
+    search.add_argument("--parents", type=int, default=128, help="parents per MACs bucket")
+    search.add_argument("--mutations", type=int, default=128)
+    search.add_argument("--mutation-prob", type=float, default=0.2)
+    search.add_argument("--crossovers", type=int, default=128)
+    search.add_argument("--iterations", type=int, default=20)
+    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--force", action="store_true", help="discard a finished search in --out and start over")
+    search.add_argument("--no-progress", action="store_true")
+    _add_eval_options(search)
+    search.set_defaults(handler=_cmd_search)
+
+    export = commands.add_parser(
+        "export", help="write a standalone sub-network: arch JSON, weights, ONNX, model card",
+        description="Export one sub-network with recalibrated BN statistics as a plain PyTorch model "
+        "(safetensors or weights-only .pt), an ONNX file checked against PyTorch with onnxruntime, its "
+        "architecture JSON and a model card. Load it with supernet.load_subnet(DIR).",
+    )
+    export.add_argument("run_dir", help="a run directory of `supernet train`")
+    export.add_argument("--arch", help="largest, smallest or an ARCH.json")
+    export.add_argument("--from-front", metavar="SEARCH_DIR", help="pick from a search's front.json ...")
+    export.add_argument("--budget", help="... the most accurate member satisfying e.g. 'macs<=30e6'")
+    export.add_argument("--out", required=True, help="output directory")
+    export.add_argument("--weights", choices=["safetensors", "torch"], default="safetensors")
+    export.add_argument("--no-onnx", action="store_true", help="skip the ONNX file")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    _add_eval_options(export)
+    export.set_defaults(handler=_cmd_export)
+
+    report = commands.add_parser(
+        "report", help="HTML page + PNG plots: fronts, training curves, bucket table, training cost",
+        description="Write an HTML report with PNG plots: accuracy vs MACs of every evaluated sub-network and "
+        "the front (several runs overlaid), training curves of the smallest and largest networks, the MACs "
+        "bucket table, mean Pareto accuracy and training cost.",
+    )
+    report.add_argument("paths", nargs="+", metavar="DIR", help="run directories and/or search directories")
+    report.add_argument("--out", required=True, help="output directory for index.html and the plots")
+    report.add_argument("--title", default=None)
+    report.set_defaults(handler=_cmd_report)
     return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by input (config, data, architecture, checkpoint): printed as one line, no traceback."""
+    from supernet.data import DatasetError
+    from supernet.export import ExportError
+    from supernet.search.evaluate import CacheError
+    from supernet.search.evolution import SearchError
+    from supernet.search.latency import LatencyError, MissingLayerError
+    from supernet.search.objectives import ConstraintError
+    from supernet.space import ArchError, SpaceError
+
+    return (SpaceError, ArchError, ConfigError, DatasetError, RunDirError, ExportError, CacheError, SearchError,
+            ConstraintError, LatencyError, MissingLayerError, FileNotFoundError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return handler(args)
-    except (SpaceError, ArchError, ConfigError, DatasetError, RunDirError, FileNotFoundError) as err:
+    except _user_errors() as err:
         print(f"supernet {args.command}: error: {err}", file=sys.stderr)
         return 2
 

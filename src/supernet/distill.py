@@ -117,7 +117,7 @@ def soft_cross_entropy(
 
 
 def _base_times_expm1(log_base: Tensor, base: Tensor, y: Tensor) -> Tensor:
-    """Elementwise base * (exp(y) - 1) with base = exp(log_base), accurate for small y, log base + y capped."""
+    """Elementwise base * (exp(y) - 1), base = exp(log_base): accurate for small y, log base + y capped."""
     y = torch.minimum(y, _LOG_CAP - log_base)
     return torch.where(y > 1.0, torch.exp(log_base + y) - base, base * torch.expm1(y.clamp(max=1.0)))
 
@@ -125,7 +125,7 @@ def _base_times_expm1(log_base: Tensor, base: Tensor, y: Tensor) -> Tensor:
 def _alpha_forward(
     log_q: Tensor, log_p: Tensor, alpha: float, clip: float | None, with_grad: bool
 ) -> tuple[Tensor, Tensor | None]:
-    """Per-sample D_alpha(p || q) and, if asked, a gradient v with respect to log q (see below)."""
+    """Per-sample D_alpha(p || q) and, if asked, the gradient v to pass back to log q."""
     # D = (sum_i q_i (w_i - 1)) / (alpha (alpha - 1)) with w = (p/q)^alpha. AlphaNet's Eq. 5 gradient with
     # respect to the logits is -(1/alpha) (q w~ - q sum_j q_j w~_j), w~ = min(w, clip); it is the
     # log-softmax pull-back (v - q sum(v)) of v = -(1/alpha) q (w~ - 1), whose -1 keeps expm1 accuracy.
@@ -194,7 +194,7 @@ def alpha_divergence(
     clip: float | None = None,
     reduction: Reduction = "mean",
 ) -> Tensor:
-    """D_alpha(p || q) (AlphaNet Eq. 3); with clip=beta its gradient is Eq. 5, ratio weights clipped at beta."""
+    """D_alpha(p || q) (AlphaNet Eq. 3); with clip=beta its gradient is Eq. 5 (ratio weights clipped)."""
     alpha = _checked_alpha(alpha, clip)
     with _no_autocast(student_logits):
         log_q, log_p = _log_probs(student_logits, teacher_logits, 1.0)
@@ -277,7 +277,9 @@ def _stack_members(logits_list: Sequence[Tensor] | Tensor) -> Tensor:
         raise ValueError("ensemble_teacher needs at least one member's logits")
     members = logits_list if isinstance(logits_list, Tensor) else torch.stack(list(logits_list))
     if members.dim() != 3 or 0 in members.shape:
-        raise ValueError(f"expected m >= 1 non-empty logits (batch, classes), got shape {tuple(members.shape)}")
+        raise ValueError(
+            f"expected m >= 1 non-empty logits (batch, classes), got shape {tuple(members.shape)}"
+        )
     return members.detach().to(_working_dtype(members))
 
 
@@ -334,7 +336,9 @@ def _box_qp_step(grad: np.ndarray, hess: np.ndarray, w: np.ndarray, lower: float
     return d
 
 
-def _optimal_weights(members: np.ndarray, labels: np.ndarray, lower: float, upper: float, max_iter: int) -> np.ndarray:
+def _optimal_weights(
+    members: np.ndarray, labels: np.ndarray, lower: float, upper: float, max_iter: int
+) -> np.ndarray:
     """Weights w (sum 1, lower <= w <= upper) minimising the batch cross-entropy of sum_i w_i z_i.
 
     `members` is float64 of shape (m, classes, batch): class-major, so that reductions over classes run as
@@ -385,6 +389,28 @@ def _optimal_weights(members: np.ndarray, labels: np.ndarray, lower: float, uppe
     return w
 
 
+def _solve_weights(
+    members: Tensor, labels: Tensor | None, nonnegative: bool, bound: float | None, max_iter: int
+) -> Tensor:
+    """Validate the inputs and return the CE-optimal weights on the members' device and dtype."""
+    m, n, c = members.shape
+    if labels is None or labels.shape != (n,) or labels.is_floating_point():
+        raise ValueError(f"weights='optimal' needs integer labels of shape ({n},)")
+    if not 0 <= int(labels.min()) <= int(labels.max()) < c:
+        raise ValueError(f"labels must lie in [0, {c}), got {int(labels.min())}..{int(labels.max())}")
+    if bound is not None and not bound >= 1.0:
+        raise ValueError(f"bound must be >= 1 or None, got {bound}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be positive, got {max_iter}")
+    lower, upper = (0.0, math.inf) if nonnegative else (-(bound or math.inf), bound or math.inf)
+    if m == 1:
+        solved = np.ones(1)
+    else:
+        class_major = np.ascontiguousarray(members.cpu().numpy().transpose(0, 2, 1), dtype=np.float64)
+        solved = _optimal_weights(class_major, labels.cpu().numpy(), lower, upper, max_iter)
+    return torch.from_numpy(solved).to(device=members.device, dtype=members.dtype)
+
+
 def ensemble_teacher(
     logits_list: Sequence[Tensor] | Tensor,
     labels: Tensor | None = None,
@@ -394,30 +420,16 @@ def ensemble_teacher(
     bound: float | None = 10.0,
     max_iter: int = 50,
 ) -> tuple[Tensor, Tensor]:
-    """Detached teacher logits sum_i w_i z_i and weights w (sum 1): CE-optimal for `labels` (EnNAS), or mean."""
-    # Without `nonnegative`, |w_i| <= bound (None: unbounded). The bound matters only when some weighting
-    # separates the batch: then the cross-entropy has no minimiser and the weights would grow without end.
+    """Detached teacher logits sum_i w_i z_i and weights w (sum 1): CE-optimal for `labels`, or the mean."""
+    # "optimal" is EnNAS Eq. 2. Unless `nonnegative`, |w_i| <= bound (None: unbounded): the bound only
+    # matters when a weighting separates the batch, as then the CE has no minimiser and w would diverge.
     members = _stack_members(logits_list)
     with _no_autocast(members):
-        m, n, _ = members.shape
         if weights == "mean":
+            m = members.shape[0]
             w = torch.full((m,), 1.0 / m, dtype=members.dtype, device=members.device)
         elif weights == "optimal":
-            if labels is None or labels.shape != (n,) or labels.is_floating_point():
-                raise ValueError(f"weights='optimal' needs integer labels of shape ({n},)")
-            if not 0 <= int(labels.min()) <= int(labels.max()) < members.shape[2]:
-                raise ValueError(f"labels must lie in [0, {members.shape[2]}), got {labels.min()}..{labels.max()}")
-            if bound is not None and not bound >= 1.0:
-                raise ValueError(f"bound must be >= 1 or None, got {bound}")
-            if max_iter < 1:
-                raise ValueError(f"max_iter must be positive, got {max_iter}")
-            lower, upper = (0.0, math.inf) if nonnegative else (-(bound or math.inf), bound or math.inf)
-            if m == 1:
-                solved = np.ones(1)
-            else:
-                class_major = members.to("cpu", torch.float64).transpose(1, 2).contiguous()
-                solved = _optimal_weights(class_major.numpy(), labels.cpu().numpy(), lower, upper, max_iter)
-            w = torch.from_numpy(solved).to(device=members.device, dtype=members.dtype)
+            w = _solve_weights(members, labels, nonnegative, bound, max_iter)
         else:
             raise ValueError(f"weights must be 'optimal' or 'mean', got {weights!r}")
         return torch.tensordot(w, members, dims=1), w

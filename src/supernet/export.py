@@ -81,7 +81,9 @@ class ExportedPaths:
     card: Path
 
 
-def load_supernet(run_dir_or_checkpoint: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> LoadedRun:
+def load_supernet(
+    run_dir_or_checkpoint: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> LoadedRun:
     """Restore a trained supernet (eval mode) from a run directory's latest checkpoint or a checkpoint file."""
     path = Path(run_dir_or_checkpoint)
     if path.is_dir():
@@ -147,8 +149,10 @@ def export_subnet(
     state = {key: value.detach().cpu() for key, value in module.state_dict().items()}
     problem = _state_mismatch(net.state_dict(), state)
     if problem:
-        raise ExportError(f"the module's weights do not fit the given architecture ({problem}); "
-                          "pass the module extracted for this arch")
+        raise ExportError(
+            f"the module's weights do not fit the given architecture ({problem}); "
+            "pass the module extracted for this arch"
+        )
     net.load_state_dict(state)
     # Everything below is saved from `net`, so the weights, the ONNX graph and load_subnet agree exactly.
     weights_name = WEIGHTS_FILES[weights_format]
@@ -212,13 +216,16 @@ def load_subnet(path: str | os.PathLike[str]) -> StaticNet:
     state = _read_weights(weights)
     problem = _state_mismatch(net.state_dict(), state)
     if problem:
-        raise ExportError(f"weights file {weights} does not match the architecture in {ARCH_FILE} ({problem}); "
-                          f"{_REEXPORT}")
+        raise ExportError(
+            f"weights file {weights} does not match the architecture in {ARCH_FILE} ({problem}); {_REEXPORT}"
+        )
     net.load_state_dict(state)
     return net.eval()
 
 
-def verify_onnx(out_dir: str | os.PathLike[str], atol: float = 1e-4, batch_size: int = 3, seed: int = 0) -> float:
+def verify_onnx(
+    out_dir: str | os.PathLike[str], atol: float = 1e-4, batch_size: int = 3, seed: int = 0
+) -> float:
     """Max abs difference between the ONNX model under onnxruntime and `load_subnet` on a random batch.
 
     Raises ExportError when it exceeds `atol`. The batch differs from the export's batch of one, so the
@@ -227,8 +234,10 @@ def verify_onnx(out_dir: str | os.PathLike[str], atol: float = 1e-4, batch_size:
     root = _export_root(out_dir)
     doc = _read_doc(root)
     onnx_path = root / ONNX_FILE
-    if doc.get("onnx") is None or not onnx_path.is_file():
-        raise ExportError(f"{onnx_path} not found; {root} was exported without ONNX, {_REEXPORT}")
+    if doc.get("onnx") is None:
+        raise ExportError(f"{root} was exported without ONNX (no {ONNX_FILE}); {_REEXPORT}")
+    if not onnx_path.is_file():
+        raise ExportError(f"{onnx_path} not found; the export is incomplete, {_REEXPORT}")
     model = load_subnet(root)
     ort = _require("onnxruntime", "to verify the ONNX model")
     resolution = doc["arch"]["resolution"]
@@ -241,14 +250,21 @@ def verify_onnx(out_dir: str | os.PathLike[str], atol: float = 1e-4, batch_size:
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         onnx_out = session.run(["logits"], {"images": images.numpy()})[0]
     except Exception as err:  # noqa: BLE001 -- onnxruntime's error classes derive from Exception only
-        raise ExportError(f"onnxruntime cannot run {onnx_path} ({type(err).__name__}: {err}); {_REEXPORT}") from None
+        raise ExportError(
+            f"onnxruntime cannot run {onnx_path} ({type(err).__name__}: {' '.join(str(err).split())}); "
+            f"{_REEXPORT}"
+        ) from None
     with torch.no_grad():
         torch_out = model(images)
     if tuple(onnx_out.shape) != tuple(torch_out.shape):
-        raise ExportError(f"{onnx_path} returns shape {tuple(onnx_out.shape)}, PyTorch {tuple(torch_out.shape)}")
+        raise ExportError(
+            f"{onnx_path} returns shape {tuple(onnx_out.shape)}, PyTorch {tuple(torch_out.shape)}"
+        )
     diff = float((torch.from_numpy(onnx_out) - torch_out).abs().max())
     if not diff <= atol:  # also catches NaN
-        raise ExportError(f"{onnx_path} differs from the PyTorch model by {diff:.3g} (> atol {atol:g}); {_REEXPORT}")
+        raise ExportError(
+            f"{onnx_path} differs from the PyTorch model by {diff:.3g} (> atol {atol:g}); {_REEXPORT}"
+        )
     return diff
 
 
@@ -300,16 +316,18 @@ def _card_doc(card: Mapping[str, Any], in_channels: int) -> dict[str, Any]:
         if isinstance(result, EvalResult):
             result = result.to_dict()
         if not isinstance(result, Mapping) or "top1" not in result:
-            raise ValueError(f"model card {split!r} must be an EvalResult or a dict with top1 (and top5), "
-                             f"got {result!r}")
+            raise ValueError(
+                f"model card {split!r} must be an EvalResult or a dict with top1 (and top5), got {result!r}"
+            )
         doc[split] = {k: result[k] for k in ("top1", "top5", "loss", "images") if result.get(k) is not None}
     for key in ("mean", "std"):
         values = card.get(key)
         if values is None:
             continue
         if not isinstance(values, Sequence) or len(values) != in_channels:
-            raise ValueError(f"model card {key!r} must list one number per input channel ({in_channels}), "
-                             f"got {values!r}")
+            raise ValueError(
+                f"model card {key!r} must list one number per input channel ({in_channels}), got {values!r}"
+            )
         doc[key] = [float(v) for v in values]
     return doc
 
@@ -321,12 +339,16 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
         return
     entries = sorted(p.name for p in out_dir.iterdir())
     if entries and not overwrite:
-        raise ExportError(f"export directory {out_dir} is not empty; choose another directory or allow "
-                          "overwriting (overwrite=True, `--overwrite`)")
+        raise ExportError(
+            f"export directory {out_dir} is not empty; choose another directory or allow "
+            "overwriting (overwrite=True, `--overwrite`)"
+        )
     foreign = [name for name in entries if name not in EXPORT_FILES]
     if foreign:
-        raise ExportError(f"export directory {out_dir} holds files that are not part of an export "
-                          f"({_few(foreign)}); refusing to replace it, choose another directory")
+        raise ExportError(
+            f"export directory {out_dir} holds files that are not part of an export "
+            f"({_few(foreign)}); refusing to replace it, choose another directory"
+        )
 
 
 def _sibling_name(path: Path, tag: str) -> Path:
@@ -382,12 +404,16 @@ def _read_weights(path: Path) -> dict[str, Tensor]:
         try:
             return st.load_file(path)
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise ExportError(f"weights file {path} is not a valid safetensors file ({err}); {_REEXPORT}") from None
+            raise ExportError(
+                f"weights file {path} is not a valid safetensors file ({err}); {_REEXPORT}"
+            ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:
-        raise ExportError(f"weights file {path} is not a weights-only torch file of tensors "
-                          f"({type(err).__name__}); {_REEXPORT}") from None
+        raise ExportError(
+            f"weights file {path} is not a weights-only torch file of tensors "
+            f"({type(err).__name__}); {_REEXPORT}"
+        ) from None
 
 
 def _onnx_bytes(net: StaticNet, arch: Arch, in_channels: int) -> bytes:
@@ -414,8 +440,10 @@ def _export_root(path: str | os.PathLike[str]) -> Path:
     if root.is_file() and root.name == ARCH_FILE:
         root = root.parent
     if not root.is_dir():
-        raise ExportError(f"export directory {root} not found; expected a folder written by `supernet export` "
-                          f"holding {ARCH_FILE} and {' or '.join(WEIGHTS_FILES.values())}")
+        raise ExportError(
+            f"export directory {root} not found; expected a folder written by `supernet export` "
+            f"holding {ARCH_FILE} and {' or '.join(WEIGHTS_FILES.values())}"
+        )
     return root
 
 
@@ -424,18 +452,23 @@ def _read_doc(root: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ExportError(f"{path} not found; {root} is not an export directory "
-                          f"({ARCH_FILE} describes the architecture), {_REEXPORT}") from None
+        raise ExportError(
+            f"{path} not found; {root} is not an export directory "
+            f"({ARCH_FILE} describes the architecture), {_REEXPORT}"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ExportError(f"{path} cannot be read as JSON ({err}); {_REEXPORT}") from None
     if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
-        raise ExportError(f"{path} is not a supernet export description (format {EXPORT_FORMAT}); {_REEXPORT}")
+        raise ExportError(
+            f"{path} is not a supernet export description (format {EXPORT_FORMAT}); {_REEXPORT}"
+        )
     missing = [key for key in _DOC_KEYS if key not in doc]
     if missing:
         raise ExportError(f"{path} lacks {missing}; {_REEXPORT}")
     if doc["weights"] not in WEIGHTS_FILES.values():
-        raise ExportError(f"{path} names weights {doc['weights']!r}; expected one of "
-                          f"{sorted(WEIGHTS_FILES.values())}")
+        raise ExportError(
+            f"{path} names weights {doc['weights']!r}; expected one of {sorted(WEIGHTS_FILES.values())}"
+        )
     for key in ("num_classes", "in_channels"):
         if not isinstance(doc[key], int) or isinstance(doc[key], bool) or doc[key] < 1:
             raise ExportError(f"{path}: {key} must be a positive integer, got {doc[key]!r}; {_REEXPORT}")
@@ -508,8 +541,10 @@ def _model_card(doc: dict[str, Any], where: str) -> str:
         lines += ["| split | top-1 | top-5 | images |", "|---|---:|---:|---:|"]
         for split in splits:
             result = card[split]
-            lines.append(f"| {split} | {_percent(result['top1'])} | {_percent(result.get('top5'))} "
-                         f"| {result.get('images', 'n/a')} |")
+            lines.append(
+                f"| {split} | {_percent(result['top1'])} | {_percent(result.get('top5'))} "
+                f"| {result.get('images', 'n/a')} |"
+            )
     else:
         lines.append("Not measured.")
     stem = space["stem"]
@@ -538,10 +573,14 @@ def _model_card(doc: dict[str, Any], where: str) -> str:
         f"- `images`: float32, shape (batch, {c}, {r}, {r}), NCHW; output `logits`: (batch, {n}), unnormalised",
     ]
     if "mean" in card and "std" in card:
-        lines.append(f"- preprocessing: resize to {r}x{r}, scale pixels to [0, 1], subtract mean "
-                     f"{card['mean']} and divide by std {card['std']} per channel")
+        lines.append(
+            f"- preprocessing: resize to {r}x{r}, scale pixels to [0, 1], subtract mean "
+            f"{card['mean']} and divide by std {card['std']} per channel"
+        )
     else:
-        lines.append(f"- preprocessing: resize to {r}x{r}; normalisation not recorded, use the training data's")
+        lines.append(
+            f"- preprocessing: resize to {r}x{r}; normalisation not recorded, use the training data's"
+        )
     files = [ARCH_FILE, doc["weights"]] + ([ONNX_FILE] if doc["onnx"] else [])
     quoted = json.dumps(where)
     lines += [
@@ -564,9 +603,9 @@ def _model_card(doc: dict[str, Any], where: str) -> str:
             "import numpy as np",
             "import onnxruntime as ort",
             "",
-            f"session = ort.InferenceSession({json.dumps(where + '/' + ONNX_FILE)}, providers=[\"CPUExecutionProvider\"])",
+            f'session = ort.InferenceSession({json.dumps(where + "/" + ONNX_FILE)}, providers=["CPUExecutionProvider"])',
             f"images = np.zeros((1, {c}, {r}, {r}), dtype=np.float32)  # preprocessed as above",
-            "logits = session.run([\"logits\"], {\"images\": images})[0]",
+            'logits = session.run(["logits"], {"images": images})[0]',
             "```",
         ]
     if "notes" in card:

@@ -72,7 +72,9 @@ class SearchSettings:
         if not 0.0 <= self.mutation_prob <= 1.0:
             raise SearchError(f"search setting mutation_prob must lie in [0, 1], got {self.mutation_prob}")
         if self.prescreen_keep is not None and self.prescreen_keep < 1:
-            raise SearchError(f"search setting prescreen_keep must be at least 1 or None, got {self.prescreen_keep}")
+            raise SearchError(
+                f"search setting prescreen_keep must be at least 1 or None, got {self.prescreen_keep}"
+            )
         try:
             check_metric(self.cost)
         except ValueError as err:
@@ -87,7 +89,9 @@ class SearchSettings:
         """Build from `to_dict` output; raises SearchError naming unknown keys."""
         unknown = d.keys() - {f.name for f in fields(cls)}
         if unknown:
-            raise SearchError(f"unknown search settings {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
+            raise SearchError(
+                f"unknown search settings {sorted(unknown)}; known: {[f.name for f in fields(cls)]}"
+            )
         return cls(**d)
 
 
@@ -143,7 +147,9 @@ def _load_state(path: Path, fingerprint: dict[str, Any], run: _Run) -> None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise SearchError(f"search state {path} cannot be read ({err}); delete it or use a new --out") from None
+        raise SearchError(
+            f"search state {path} cannot be read ({err}); delete it or use a new --out"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
         raise SearchError(f"search state {path} is not a format-{STATE_FORMAT} search state; use a new --out")
     saved = data.get("fingerprint", {})
@@ -181,15 +187,18 @@ def _draw(make: Callable[[], Arch], seen: set[Arch], objectives: Objectives, tri
     return None
 
 
-def select_parents(evaluated: Sequence[Candidate], objectives: Objectives, settings: SearchSettings) -> list[Arch]:
-    """The `parents_per_bucket` most accurate candidates of each of `num_buckets` cost buckets of the feasible range."""
+def select_parents(
+    evaluated: Sequence[Candidate], objectives: Objectives, settings: SearchSettings
+) -> list[Arch]:
+    """The `parents_per_bucket` most accurate of each of `num_buckets` equal cost buckets (feasible range)."""
     low, high = objectives.feasible_range(settings.cost)
     buckets: list[list[Candidate]] = [[] for _ in range(settings.num_buckets)]
     for cand in evaluated:
         buckets[bucket_index(cand.cost(settings.cost), low, high, settings.num_buckets)].append(cand)
     parents: list[Arch] = []
     for bucket in buckets:
-        bucket.sort(key=lambda c: (-c.accuracy(), c.cost(settings.cost)))  # stable: ties keep evaluation order
+        # a stable sort: equally accurate, equally costly candidates keep their evaluation order
+        bucket.sort(key=lambda c: (-c.accuracy(), c.cost(settings.cost)))
         parents.extend(c.arch for c in bucket[: settings.parents_per_bucket])
     return parents
 
@@ -208,7 +217,9 @@ def _evaluate(run: _Run, archs: list[Arch], objectives: Objectives, evaluate: Ev
         run.accuracy[arch] = acc
 
 
-def _initial_population(space: SearchSpace, objectives: Objectives, settings: SearchSettings, run: _Run) -> list[Arch]:
+def _initial_population(
+    space: SearchSpace, objectives: Objectives, settings: SearchSettings, run: _Run
+) -> list[Arch]:
     seen = set(run.accuracy)
     population = []
     for i in range(settings.population):
@@ -230,7 +241,9 @@ def _children(space: SearchSpace, objectives: Objectives, settings: SearchSettin
     rng, tries = run.rng, settings.max_redraws
     children = []
     for _ in range(settings.mutations):
-        child = _draw(lambda: space.mutate(rng.choice(parents), settings.mutation_prob, rng), seen, objectives, tries)
+        child = _draw(
+            lambda: space.mutate(rng.choice(parents), settings.mutation_prob, rng), seen, objectives, tries
+        )
         if child is not None:  # the neighbourhood may be exhausted; the next generation tries again
             children.append(child)
     if len(parents) >= 2:
@@ -275,9 +288,10 @@ def evolutionary_search(
         raise SearchError("searching on latency needs a latency function in the objectives")
     fingerprint = json.loads(json.dumps({"settings": settings.to_dict(), "objectives": objectives.to_dict()}))
     run = _Run(settings)
-    resumed = state_path is not None and state_path.exists()
-    if resumed:
-        _load_state(state_path, fingerprint, run)  # type: ignore[arg-type]
+    resumed = False
+    if state_path is not None and state_path.exists():
+        _load_state(state_path, fingerprint, run)
+        resumed = True
 
     def save() -> None:
         if state_path is not None:
@@ -289,7 +303,9 @@ def evolutionary_search(
 
         def report() -> None:
             front = pareto_front(run.evaluated, settings.cost)
-            bar.set_postfix(gen=f"{run.generation}/{settings.iterations}", evals=len(run.evaluated), front=len(front))
+            bar.set_postfix(
+                gen=f"{run.generation}/{settings.iterations}", evals=len(run.evaluated), front=len(front)
+            )
 
         if not resumed:
             _evaluate(run, _initial_population(space, objectives, settings, run), objectives, evaluate)
@@ -297,8 +313,8 @@ def evolutionary_search(
         report()
         while run.generation < settings.iterations:
             children = _children(space, objectives, settings, run)
-            if prescreen is not None:
-                children = _prescreened(children, prescreen, settings.prescreen_keep)  # type: ignore[arg-type]
+            if prescreen is not None and settings.prescreen_keep is not None:  # checked: both or neither
+                children = _prescreened(children, prescreen, settings.prescreen_keep)
             _evaluate(run, children, objectives, evaluate)
             run.generation += 1
             save()
@@ -342,7 +358,9 @@ def budget_search(
         if new:
             accuracies = list(evaluate(new))
             if len(accuracies) != len(new):
-                raise SearchError(f"evaluate returned {len(accuracies)} accuracies for {len(new)} architectures")
+                raise SearchError(
+                    f"evaluate returned {len(accuracies)} accuracies for {len(new)} architectures"
+                )
             memo.update(zip(new, (float(a) for a in accuracies)))
         return [memo[a] for a in archs]
 

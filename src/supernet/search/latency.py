@@ -34,7 +34,8 @@ import random
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -54,8 +55,8 @@ BACKENDS = ("torch", "onnxruntime")
 TABLE_FORMAT = 1
 
 
-class LatencyError(RuntimeError):
-    """Latency cannot be measured or predicted with the given settings."""
+class LatencyError(ValueError):
+    """Latency cannot be measured or predicted: an unreadable table, or a table from another device."""
 
 
 class MissingLayerError(KeyError):
@@ -91,8 +92,8 @@ def measure_latency(
     ref = next(module.parameters(), None)
     device = ref.device if ref is not None else torch.device("cpu")
     x = torch.randn(tuple(input_shape), generator=torch.Generator().manual_seed(0)).to(device)
-    run = _torch_runner(module, x, threads) if backend == "torch" else _onnx_runner(module, x, threads)
-    with run as call:
+    runner = _torch_call if backend == "torch" else _onnxruntime_call
+    with runner(module, x, threads) as call:
         for _ in range(warmup):
             call()
         times = []
@@ -156,53 +157,34 @@ def _check_settings(backend: str, threads: int, warmup: int, repeats: int, batch
         )
 
 
-class _torch_runner:
-    """Context giving a no-argument call of `module(x)` in eval + inference mode with `threads` torch threads."""
-
-    def __init__(self, module: nn.Module, x: Tensor, threads: int):
-        self.module, self.x, self.threads = module, x, threads
-
-    def __enter__(self) -> Callable[[], None]:
-        self.was_training = self.module.training
-        self.old_threads = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        self.module.eval()
-        self.mode = torch.inference_mode()
-        self.mode.__enter__()
-        sync = torch.cuda.synchronize if self.x.device.type == "cuda" else None
-
-        def call() -> None:
-            self.module(self.x)
-            if sync is not None:
-                sync(self.x.device)
-
-        return call
-
-    def __exit__(self, *exc: object) -> None:
-        self.mode.__exit__(*exc)
-        self.module.train(self.was_training)
-        torch.set_num_threads(self.old_threads)
+@contextmanager
+def _torch_call(module: nn.Module, x: Tensor, threads: int) -> Iterator[Callable[[], object]]:
+    """A no-argument call of `module(x)` in eval + inference mode with `threads` torch threads (all restored)."""
+    was_training, old_threads = module.training, torch.get_num_threads()
+    torch.set_num_threads(threads)
+    module.eval()
+    try:
+        with torch.inference_mode():
+            if x.device.type == "cuda":  # kernels run asynchronously: wait for them inside the timed call
+                yield lambda: (module(x), torch.cuda.synchronize(x.device))
+            else:
+                yield lambda: module(x)
+    finally:
+        module.train(was_training)
+        torch.set_num_threads(old_threads)
 
 
-class _onnx_runner:
-    """Context giving a no-argument onnxruntime (CPU) run of `module` exported to an in-memory ONNX model."""
-
-    def __init__(self, module: nn.Module, x: Tensor, threads: int):
-        ort = _onnxruntime()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(
-            export_onnx(module, x), options, providers=["CPUExecutionProvider"]
-        )
-        self.feed = {self.session.get_inputs()[0].name: x.detach().cpu().numpy()}
-
-    def __enter__(self) -> Callable[[], None]:
-        return lambda: self.session.run(None, self.feed)
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+@contextmanager
+def _onnxruntime_call(module: nn.Module, x: Tensor, threads: int) -> Iterator[Callable[[], object]]:
+    """A no-argument onnxruntime (CPU) run of `module` exported to an in-memory ONNX model."""
+    ort = _onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(export_onnx(module, x), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.detach().cpu().numpy()}
+    yield lambda: session.run(None, feed)
 
 
 def export_onnx(module: nn.Module, x: Tensor) -> bytes:
@@ -515,7 +497,7 @@ class LatencyTable:
         table.profile(_sorted(layers), progress)
         table.overhead_ms = table.call_ms
         if calibration:
-            residuals = [table._measure_arch(a) - table._layer_sum(a) for a in calibration]
+            residuals = [table.measure(a) - table._layer_sum(a) for a in calibration]
             table.overhead_ms = statistics.median(residuals)
         return table
 
@@ -566,10 +548,10 @@ class LatencyTable:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "latency table") -> LatencyTable:
-        """Rebuild a table from `to_dict` output; raises ValueError naming what is wrong."""
+        """Rebuild a table from `to_dict` output; raises LatencyError naming what is wrong."""
         if not isinstance(d, dict) or d.get("format") != TABLE_FORMAT:
             got = d.get("format") if isinstance(d, dict) else type(d).__name__
-            raise ValueError(f"{source}: not a latency table of format {TABLE_FORMAT} (format {got!r})")
+            raise LatencyError(f"{source}: not a latency table of format {TABLE_FORMAT} (format {got!r})")
         try:
             return cls(
                 space=SearchSpace.from_dict(d["space"], source=f"{source} space"),
@@ -581,7 +563,7 @@ class LatencyTable:
                 overhead_ms=float(d["overhead_ms"]),
             )
         except (KeyError, TypeError, AttributeError) as err:
-            raise ValueError(f"{source}: malformed latency table ({type(err).__name__}: {err})") from None
+            raise LatencyError(f"{source}: malformed latency table ({type(err).__name__}: {err})") from None
 
     def save(self, path: str | Path) -> None:
         """Write the table as JSON, atomically."""
@@ -594,9 +576,9 @@ class LatencyTable:
         try:
             data = json.loads(path.read_text())
         except OSError as err:
-            raise ValueError(f"latency table {path}: {err.strerror or err}") from None
+            raise LatencyError(f"latency table {path}: {err.strerror or err}") from None
         except json.JSONDecodeError as err:
-            raise ValueError(f"latency table {path} is not valid JSON: {err}") from None
+            raise LatencyError(f"latency table {path} is not valid JSON: {err}") from None
         return cls.from_dict(data, source=f"latency table {path}")
 
     def _layer_sum(self, arch: Arch) -> float:
@@ -617,7 +599,8 @@ class LatencyTable:
         )
         return stats.median_ms
 
-    def _measure_arch(self, arch: Arch) -> float:
+    def measure(self, arch: Arch) -> float:
+        """Median whole-network latency of `arch` in ms, measured here with the table's settings."""
         s = self.settings
         stats = arch_latency(
             self.space,
@@ -646,7 +629,7 @@ def evaluate_table(table: LatencyTable, archs: Sequence[Arch]) -> TableError:
         raise ValueError("evaluate_table needs at least one architecture")
     table._check_device()
     predicted = [table.predict(a) for a in archs]
-    measured = [table._measure_arch(a) for a in archs]
+    measured = [table.measure(a) for a in archs]
     errors = [abs(p - m) / m * 100.0 for p, m in zip(predicted, measured)]
     tau = kendall_tau(predicted, measured) if len(archs) > 1 else float("nan")
     return TableError(

@@ -49,7 +49,8 @@ class Constraint:
                 raise ConstraintError(f"constraint on {self.metric} has a non-finite bound {bound}")
         if self.low is not None and self.high is not None and self.low > self.high:
             raise ConstraintError(
-                f"constraint on {self.metric} admits nothing: lower bound {self.low:g} > upper bound {self.high:g}"
+                f"constraint on {self.metric} admits nothing: lower bound {self.low:g} > "
+                f"upper bound {self.high:g}"
             )
 
     @classmethod
@@ -72,7 +73,9 @@ class Constraint:
             if right in METRICS:
                 bound = _number(left, right, text)
                 return cls(right, *((bound, None) if op == "<=" else (None, bound)))  # type: ignore[arg-type]
-            raise ConstraintError(f"constraint {text!r} names no metric; use one of {list(METRICS)} ({_EXAMPLES})")
+            raise ConstraintError(
+                f"constraint {text!r} names no metric; use one of {list(METRICS)} ({_EXAMPLES})"
+            )
         first, op1, metric, op2, last = parts
         if metric not in METRICS:
             raise ConstraintError(
@@ -134,7 +137,7 @@ def _format_time(value: float) -> str:
 
 
 class Objectives:
-    """Costs (analytic MACs/params, optional measured latency), constraints on them, and feasibility, cached per arch."""
+    """Costs (analytic MACs/params, optional measured latency), their constraints and feasibility, cached."""
 
     def __init__(
         self,
@@ -225,7 +228,7 @@ class Objectives:
         return low, high
 
     def to_dict(self) -> dict[str, Any]:
-        """What determines feasibility, as JSON (a search's state file records it to refuse a mismatched resume)."""
+        """What decides feasibility, as JSON (a search state records it to refuse a mismatched resume)."""
         return {
             "space": self.space.to_dict(),
             "num_classes": self.num_classes,

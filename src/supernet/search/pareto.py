@@ -1,4 +1,4 @@
-"""Accuracy-vs-cost trade-offs: evaluated candidates, the Pareto front, DepS's bucket table and mean Pareto accuracy.
+"""Accuracy-vs-cost metrics: candidates, the Pareto front, DepS's bucket table, mean Pareto accuracy.
 
 Mean Pareto accuracy (DepS) is the area under the front's staircase on normalised MACs, averaged over the
 range the front covers. With x = (macs - low) / (high - low) and A(x) = the best validation accuracy
@@ -8,7 +8,10 @@ reachable with at most x, it is::
 
 so a front holding one network gives that network's accuracy, and [(x=0, 0.6), (x=0.5, 0.8)] gives 0.7.
 The region below the cheapest member is left out rather than counted as 0, so a front whose cheapest
-network sits above `low` is not punished for a part of the space no network reaches.
+network sits above `low` is not punished for a part of the space no network reaches. The price: adding a
+cheaper, less accurate network widens the range and can lower the value. To compare fronts, give each one
+the space's smallest network (x0 = 0); the value is then the normalised hypervolume with reference point
+(high, accuracy 0), which never decreases when a front improves.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def _optional_float(value: Any) -> float | None:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One evaluated sub-network: its arch, analytic cost, measured latency (ms) and accuracies (fractions)."""
+    """One evaluated sub-network: arch, analytic cost, measured latency (ms), accuracies (fractions)."""
 
     arch: Arch
     macs: int
@@ -73,7 +76,7 @@ class Candidate:
     def from_dict(cls, d: dict[str, Any]) -> Candidate:
         """Build from `to_dict` output; raises ValueError naming missing or unknown keys."""
         if not isinstance(d, dict):
-            raise ValueError(f"a candidate must be a JSON object, got {type(d).__name__}")
+            raise TypeError(f"a candidate must be a JSON object, got {type(d).__name__}")
         required = {"arch", "macs", "params", "latency_ms", "val_top1"}
         missing, unknown = required - d.keys(), d.keys() - _CANDIDATE_KEYS
         if missing or unknown:
@@ -118,7 +121,11 @@ class Bucket:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
-        return {"low": self.low, "high": self.high, "best": None if self.best is None else self.best.to_dict()}
+        return {
+            "low": self.low,
+            "high": self.high,
+            "best": None if self.best is None else self.best.to_dict(),
+        }
 
 
 def bucket_index(value: float, low: float, high: float, n: int) -> int:

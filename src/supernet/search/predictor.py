@@ -1,14 +1,14 @@
 """Accuracy predictor: fit on the sub-networks evaluated so far, pre-screen candidates before evaluating them.
 
-    predictor = AccuracyPredictor(space, seed=0).fit(evaluated_archs, accuracies)
+    predictor = AccuracyPredictor(space).fit(evaluated_archs, accuracies)
     survivors = predictor.prescreen(children, k=16)      # the evolutionary search's pre-screen hook
     predictor.rank_correlation(held_out, held_out_acc)   # Kendall tau on sub-networks it has not seen
 
-The model is kernel ridge regression (a Gaussian-process mean) with an RBF kernel on a fixed-length
-architecture encoding; its length scale and ridge strength are chosen by exact leave-one-out error. On
-small data it ranked as well as linear ridge on additive accuracy landscapes, better on multiplicative
-ones, and better than an MLP ensemble (OFA's choice) on both, with no random state. A fit costs one
-eigendecomposition per length scale, O(n^3): ~0.1 s for 500 points.
+The model is ridge regression on a fixed-length architecture encoding, its strength chosen by exact
+leave-one-out error. Fitted on 200 sub-networks of the preset spaces with synthetic accuracies (noisy
+monotone functions of MACs), it ranked 200-500 held-out ones as well as RBF kernel ridge, random-Fourier-
+feature ridge and quadratic-feature ridge (Kendall tau within +-0.01) and better than an MLP ensemble
+(OFA's choice, 0.03-0.09 lower); it has no random state and fits 500 points in milliseconds.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import numpy as np
 
 from supernet.space import Arch, SearchSpace
 
-LENGTH_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
-RIDGES = (1e-3, 1e-2, 1e-1, 1.0)
+RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 
 def encode(space: SearchSpace, arch: Arch) -> np.ndarray:
@@ -83,33 +82,22 @@ def kendall_tau(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray
 
 
 class AccuracyPredictor:
-    """Predicts a sub-network's accuracy from its encoding by kernel ridge regression (deterministic)."""
+    """Predicts a sub-network's accuracy from its encoding by ridge regression (deterministic, no random state)."""
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        *,
-        length_scales: Sequence[float] = LENGTH_SCALES,
-        ridges: Sequence[float] = RIDGES,
-    ):
-        if not length_scales or not ridges or min(length_scales) <= 0 or min(ridges) <= 0:
-            raise ValueError(
-                f"AccuracyPredictor needs positive length_scales and ridges, got {list(length_scales)} and {list(ridges)}"
-            )
+    def __init__(self, space: SearchSpace, *, ridges: Sequence[float] = RIDGES):
+        if not ridges or min(ridges) <= 0:
+            raise ValueError(f"AccuracyPredictor needs positive ridge strengths, got {list(ridges)}")
         self.space = space
-        self.length_scales = tuple(float(v) for v in length_scales)
         self.ridges = tuple(float(v) for v in ridges)
-        self.length_scale: float | None = None  # chosen by fit
-        self.ridge: float | None = None  # chosen by fit
-        self._x = np.zeros((0, encoding_size(space)))
-        self._alpha = np.zeros(0)
-        self._mean = 0.0
-        self._std = 1.0
+        self.ridge: float | None = None  # the strength `fit` chose
+        self._x_mean = np.zeros(encoding_size(space))
+        self._y_mean = 0.0
+        self._weights = np.zeros(encoding_size(space))
 
     @property
     def fitted(self) -> bool:
         """Whether `fit` has been called."""
-        return self.length_scale is not None
+        return self.ridge is not None
 
     def fit(self, archs: Sequence[Arch], accuracies: Sequence[float]) -> AccuracyPredictor:
         """Fit on `archs` and their measured `accuracies` (refits from scratch); returns self."""
@@ -120,33 +108,28 @@ class AccuracyPredictor:
         y = np.asarray(accuracies, dtype=np.float64)
         if not np.all(np.isfinite(y)):
             raise ValueError("fit got a non-finite accuracy")
-        self._mean, self._std = float(y.mean()), float(y.std()) or 1.0
-        y = (y - self._mean) / self._std
         x = self._features(archs)
-        distances = _squared_distances(x, x)
-        best = (np.inf, 0.0, 0.0, y)
-        for scale in self.length_scales:
-            values, vectors = np.linalg.eigh(self._kernel(distances, scale))
-            projected = vectors.T @ y
-            for ridge in self.ridges:
-                shrink = values / (values + ridge)
-                fitted = vectors @ (shrink * projected)
-                leverage = np.einsum("ij,j,ij->i", vectors, shrink, vectors)
-                loo = float(np.mean(((y - fitted) / np.maximum(1.0 - leverage, 1e-12)) ** 2))
-                if loo < best[0]:
-                    best = (loo, scale, ridge, vectors @ (projected / (values + ridge)))
-        _, self.length_scale, self.ridge, self._alpha = best
-        self._x = x
+        self._x_mean, self._y_mean = x.mean(0), float(y.mean())
+        u, s, vt = np.linalg.svd(x - self._x_mean, full_matrices=False)
+        uy = u.T @ (y - self._y_mean)
+        best = (np.inf, 0.0, self._weights)
+        for ridge in self.ridges:
+            shrink = s**2 / (s**2 + ridge)
+            residual = y - self._y_mean - u @ (shrink * uy)
+            leverage = (u**2) @ shrink + 1.0 / len(y)  # hat-matrix diagonal, intercept included
+            loo = float(np.mean((residual / np.maximum(1.0 - leverage, 1e-12)) ** 2))
+            if loo < best[0]:
+                best = (loo, ridge, vt.T @ (s / (s**2 + ridge) * uy))
+        _, self.ridge, self._weights = best
         return self
 
     def predict(self, archs: Sequence[Arch]) -> np.ndarray:
         """Predicted accuracies of `archs`, in the units `fit` was given."""
-        if self.length_scale is None:
+        if self.ridge is None:
             raise RuntimeError("AccuracyPredictor is not fitted; call fit(archs, accuracies) first")
         if len(archs) == 0:
             return np.zeros(0)
-        kernel = self._kernel(_squared_distances(self._features(archs), self._x), self.length_scale)
-        return kernel @ self._alpha * self._std + self._mean
+        return (self._features(archs) - self._x_mean) @ self._weights + self._y_mean
 
     def rank_correlation(self, archs: Sequence[Arch], accuracies: Sequence[float]) -> float:
         """Kendall tau between predicted and measured accuracies of (held-out) `archs`."""
@@ -162,12 +145,3 @@ class AccuracyPredictor:
 
     def _features(self, archs: Sequence[Arch]) -> np.ndarray:
         return np.stack([encode(self.space, a) for a in archs]).astype(np.float64)
-
-    def _kernel(self, squared_distances: np.ndarray, scale: float) -> np.ndarray:
-        # Length scales are relative to sqrt(features), so one grid suits spaces of any size.
-        return np.exp(-squared_distances / (2.0 * scale**2 * encoding_size(self.space)))
-
-
-def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
-    return np.maximum(d, 0.0)

@@ -1,0 +1,216 @@
+"""The search job: a trained run -> evaluated sub-networks -> Pareto front, buckets, budgets -> front.json."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from supernet.data import DataBundle, build_data
+from supernet.distributed import SINGLE, DistContext, sharded_map
+from supernet.export import LoadedRun, load_supernet
+from supernet.fileio import atomic_write_text
+from supernet.search.evaluate import EvalResult, Evaluator
+from supernet.search.evolution import SearchSettings, budget_search, evolutionary_search
+from supernet.search.objectives import Constraint, Objectives
+from supernet.search.pareto import Candidate, bucket_table, mean_pareto_accuracy, pareto_front
+from supernet.search.predictor import AccuracyPredictor
+from supernet.space import Arch
+
+FRONT_FORMAT = 1
+NUM_BUCKETS = 6  # DepS's table
+
+
+@dataclass
+class OpenRun:
+    """A trained run ready for evaluation: the supernet, its data and a cached evaluator."""
+
+    run: LoadedRun
+    data: DataBundle
+    evaluator: Evaluator
+    source: Path
+
+    def resolve_arch(self, text: str) -> Arch:
+        """'largest', 'smallest' or a path to an architecture JSON file, validated against the run's space."""
+        if text in ("largest", "smallest"):
+            return getattr(self.run.space, text)()
+        path = Path(text)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"architecture file {path} not found; pass largest, smallest or an ARCH.json"
+            )
+        data = json.loads(path.read_text())
+        return self.run.space.validate(Arch.from_dict(data.get("arch", data)))
+
+
+def open_run(
+    run_dir: str | Path,
+    *,
+    batch_size: int | None = None,
+    recalibration_images: int | None = None,
+    cache_path: Path | None = None,
+    dist: DistContext = SINGLE,
+) -> OpenRun:
+    """Load a run's latest checkpoint and rebuild its data splits exactly as training carved them."""
+    run = load_supernet(run_dir, map_location=dist.device)
+    cfg = run.config
+    data_cfg = cfg["data"]
+    data = build_data(
+        data_cfg["name"],
+        data_cfg.get("root"),
+        val_size=data_cfg["val_size"],
+        seed=cfg["seed"],
+        image_size=data_cfg.get("image_size"),
+    )
+    evaluator = Evaluator(
+        run.net,
+        data,
+        batch_size or data_cfg["eval_batch_size"],
+        run.checkpoint_id,
+        recalibration_images=recalibration_images or cfg["train"]["recal_images"],
+        seed=cfg["seed"],
+        cache_path=cache_path if dist.is_main else None,
+    )
+    return OpenRun(run, data, evaluator, Path(run_dir))
+
+
+def _evaluate_many(opened: OpenRun, archs: Sequence[Arch], split: str, dist: DistContext) -> list[EvalResult]:
+    return sharded_map(lambda part: [opened.evaluator.evaluate(a, split) for a in part], list(archs), dist)
+
+
+class _PredictorScreen:
+    """Prescreen hook: refit the accuracy predictor on everything evaluated so far, keep the top k."""
+
+    def __init__(self, opened: OpenRun, seen: dict[Arch, float]):
+        self.predictor = AccuracyPredictor(opened.run.space)
+        self.seen = seen
+
+    def __call__(self, children: list[Arch], k: int) -> list[Arch]:
+        archs = list(self.seen)
+        self.predictor.fit(archs, [self.seen[a] for a in archs])
+        return self.predictor.prescreen(children, k)
+
+
+def predictor_report(
+    opened: OpenRun, seen: dict[Arch, float], held_out: float = 0.2
+) -> dict[str, Any] | None:
+    """Rank correlation (Kendall tau) of a predictor fit on the first evaluations, on the last `held_out` share."""
+    archs = list(seen)
+    n_test = int(len(archs) * held_out)
+    if n_test < 3 or len(archs) - n_test < 3:
+        return None
+    train, test = archs[:-n_test], archs[-n_test:]
+    predictor = AccuracyPredictor(opened.run.space).fit(train, [seen[a] for a in train])
+    return {
+        "kendall_tau": predictor.rank_correlation(test, [seen[a] for a in test]),
+        "fit_on": len(train),
+        "held_out": n_test,
+    }
+
+
+def run_search(
+    opened: OpenRun,
+    out_dir: Path,
+    *,
+    constraints: Sequence[str] = (),
+    budgets: Sequence[str] = (),
+    settings: SearchSettings | None = None,
+    predictor: bool = False,
+    latency: Callable[[Arch], float] | None = None,
+    progress: bool = True,
+    dist: DistContext = SINGLE,
+) -> dict[str, Any]:
+    """Search the run's space, measure the chosen sub-networks on the test split, write out_dir/front.json."""
+    started = time.perf_counter()
+    settings = settings or SearchSettings()
+    run = opened.run
+    objectives = Objectives(
+        run.space, run.num_classes, run.in_channels, [Constraint.parse(c) for c in constraints], latency
+    )
+    seen: dict[Arch, float] = {}
+
+    def evaluate(archs: list[Arch]) -> list[float]:
+        results = [r.top1 for r in _evaluate_many(opened, archs, "val", dist)]
+        seen.update(zip(archs, results))
+        return results
+
+    screen = _PredictorScreen(opened, seen) if predictor else None
+    state_path = out_dir / "search_state.json"
+    show = progress and dist.is_main
+    budget_results: list[tuple[Constraint, Candidate | None]] = []
+    if budgets:
+        parsed = [Constraint.parse(b) for b in budgets]
+        budget_results = budget_search(
+            run.space,
+            objectives,
+            evaluate,
+            parsed,
+            settings,
+            state_path=state_path,
+            progress=show,
+            prescreen=screen,
+        )
+        evaluated = [objectives.candidate(a, acc) for a, acc in seen.items()]
+    else:
+        result = evolutionary_search(
+            run.space, objectives, evaluate, settings, state_path=state_path, progress=show, prescreen=screen
+        )
+        evaluated = list(result.evaluated)
+        seen.update((c.arch, c.val_top1) for c in evaluated)
+    extremes = [run.space.smallest(), run.space.largest()]
+    extreme_acc = dict(zip(extremes, [r.top1 for r in _evaluate_many(opened, extremes, "val", dist)]))
+    everything = {c.arch: c for c in evaluated}
+    for arch, acc in extreme_acc.items():
+        everything.setdefault(arch, objectives.candidate(arch, acc))
+    front = pareto_front(everything.values())
+    low, high = objectives.space_range("macs")
+    buckets = bucket_table(everything.values(), low, high, NUM_BUCKETS)
+    chosen = (
+        {c.arch for c in front}
+        | set(extremes)
+        | {c.arch for _, c in budget_results if c is not None}
+        | {b.best.arch for b in buckets if b.best is not None}
+    )
+    ordered = sorted(chosen, key=lambda a: a.to_json())  # the same order on every rank
+    tests = dict(zip(ordered, _evaluate_many(opened, ordered, "test", dist)))
+
+    def with_test(c: Candidate) -> dict[str, Any]:
+        d = c.to_dict()
+        if c.arch in tests:
+            d["test_top1"], d["test_top5"] = tests[c.arch].top1, tests[c.arch].top5
+        return d
+
+    report = {
+        "format": FRONT_FORMAT,
+        "run_dir": str(opened.source),
+        "checkpoint": run.checkpoint_id,
+        "space": run.space.name,
+        "num_classes": run.num_classes,
+        "cost": settings.cost,
+        "constraints": list(constraints),
+        "front": [with_test(c) for c in front],
+        "evaluated": [c.to_dict() for c in everything.values()],
+        "buckets": [
+            {"low": b.low, "high": b.high, "best": None if b.best is None else with_test(b.best)}
+            for b in buckets
+        ],
+        "mean_pareto_accuracy": mean_pareto_accuracy(front, low, high),
+        "smallest": with_test(everything[extremes[0]]),
+        "largest": with_test(everything[extremes[1]]),
+        "budgets": [
+            {"budget": str(b), "best": None if c is None else with_test(c)} for b, c in budget_results
+        ],
+        "search": {
+            "evaluations": len(seen),
+            "generations": settings.iterations,
+            "wall_time": time.perf_counter() - started,
+            "settings": settings.to_dict(),
+            "predictor": predictor_report(opened, seen) if predictor else None,
+        },
+    }
+    if dist.is_main:
+        atomic_write_text(out_dir / "front.json", json.dumps(report, indent=1))
+    return report
