@@ -21,7 +21,7 @@ data:
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
 
 demo: install data
-	$(PYTHON) -m supernet space fmnist
+	$(PYTHON) -m supernet demo --out runs/demo
 
 test: dev data
 	$(PYTHON) -m pytest

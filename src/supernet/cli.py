@@ -198,6 +198,34 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_latency(args: argparse.Namespace) -> int:
+    import random
+
+    from supernet.search.latency import LatencyTable, evaluate_table
+
+    space = spaces.get(args.space)
+    num_classes = space.spec.num_classes if args.num_classes is None else args.num_classes
+    table = LatencyTable.build(space, num_classes, args.in_channels, backend=args.backend, batch=args.batch,
+                               threads=args.threads, warmup=args.warmup, repeats=args.repeats)
+    table.save(args.out)
+    print(f"profiled {len(table)} layers of {space.name!r} ({args.backend}, batch {args.batch}, "
+          f"{args.threads} threads); wrote {args.out}")
+    if args.held_out:
+        rng = random.Random(args.seed + 1)
+        err = evaluate_table(table, [space.sample(rng) for _ in range(args.held_out)])
+        print(f"prediction error on {err.n} held-out sub-networks: mean {err.mean_abs_pct:.1f}%, "
+              f"max {err.max_abs_pct:.1f}%, Kendall tau {err.rank_correlation:.3f}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from supernet.demo import run_demo
+
+    run_demo(Path(args.out), recipe=Path(args.config) if args.config else None, overrides=args.overrides,
+             progress=not args.no_progress)
+    return 0
+
+
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="evaluation batch (default: the run's)")
     p.add_argument("--recal-images", type=int, default=None,
@@ -313,6 +341,38 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", required=True, help="output directory for index.html and the plots")
     report.add_argument("--title", default=None)
     report.set_defaults(handler=_cmd_report)
+
+    latency = commands.add_parser(
+        "latency", help="build a per-layer latency lookup table on this device (for --latency-table)",
+        description="Profile every distinct layer of a search space on this machine (torch eager or onnxruntime) "
+        "and write a lookup table that predicts any sub-network's latency; run it on the target device and "
+        "copy the JSON back. Reports the prediction error on held-out sub-networks measured whole.",
+    )
+    latency.add_argument("space", help="a preset or a space YAML")
+    latency.add_argument("--out", required=True, help="the table JSON to write")
+    latency.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    latency.add_argument("--batch", type=int, default=1)
+    latency.add_argument("--threads", type=int, default=1)
+    latency.add_argument("--warmup", type=int, default=5)
+    latency.add_argument("--repeats", type=int, default=20)
+    latency.add_argument("--num-classes", type=int, default=None)
+    latency.add_argument("--in-channels", type=int, default=None)
+    latency.add_argument("--held-out", type=int, default=20, help="sub-networks measured to report the error (0: skip)")
+    latency.add_argument("--seed", type=int, default=0)
+    latency.set_defaults(handler=_cmd_latency)
+
+    demo = commands.add_parser(
+        "demo", help="the main job: train (DepS + adaptive alpha), search, export 3 budgets, report",
+        description="Run the whole once-for-all pipeline on Fashion-MNIST with the fmnist space: train with "
+        "DepS's schedule and AlphaNet's adaptive alpha-divergence, search the Pareto front, export the best "
+        "sub-network under three MACs budgets and write the report. Run again to continue where it stopped.",
+    )
+    demo.add_argument("--out", default="runs/demo", help="where everything goes (default: runs/demo)")
+    demo.add_argument("--config", help="another recipe instead of configs/demo.yaml")
+    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override the recipe (first run only)")
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(handler=_cmd_demo)
     return parser
 
 

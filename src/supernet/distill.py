@@ -348,7 +348,8 @@ def _optimal_weights(
     # dominates the solve, and numpy's is a fraction of torch's.
     m, c, n = members.shape
     z = members.reshape(m, c * n)
-    label_mean = members[:, labels, np.arange(n)].mean(1)
+    samples = np.arange(n)
+    label_mean = members[:, labels, samples].mean(1)
     weighted = np.empty_like(z)
 
     def evaluate(w: np.ndarray) -> tuple[float, np.ndarray]:
@@ -357,7 +358,9 @@ def _optimal_weights(
         probs = np.exp(logits - shift)
         total = probs.sum(0)
         probs /= total
-        return float((np.log(total) + shift).mean() - label_mean @ w), probs
+        # CE_n = log(total) + shift - label logit; log1p keeps relative accuracy when CE_n -> 0, which it
+        # does when the weights separate the batch
+        return float((np.log1p(total - 1.0) + (shift - logits[labels, samples])).mean()), probs
 
     w = np.full(m, 1.0 / m)
     f, probs = evaluate(w)
@@ -371,7 +374,7 @@ def _optimal_weights(
         hess.flat[:: m + 1] += 1e-10 * hess.trace() / m + 1e-14
         step_dir = _box_qp_step(grad, hess, w, lower, upper)
         decrement = -float(grad @ step_dir)
-        if decrement <= 1e-12 * max(1.0, abs(f)):
+        if decrement <= 1e-12 * f:
             break
         for halving in range(40):
             step = 0.5**halving
@@ -384,7 +387,7 @@ def _optimal_weights(
         w, f, probs = candidate, f_new, probs_new
         # f - f* is about decrement / 2 before a full Newton step and far smaller after it: no need to
         # pay for another Hessian just to confirm convergence
-        if step == 1.0 and decrement <= 1e-7 * max(1.0, abs(f)):
+        if step == 1.0 and decrement <= 1e-7 * f:
             break
     return w
 
@@ -392,7 +395,7 @@ def _optimal_weights(
 def _solve_weights(
     members: Tensor, labels: Tensor | None, nonnegative: bool, bound: float | None, max_iter: int
 ) -> Tensor:
-    """Validate the inputs and return the CE-optimal weights on the members' device and dtype."""
+    """Validate the inputs and return the CE-optimal weights (float64, CPU)."""
     m, n, c = members.shape
     if labels is None or labels.shape != (n,) or labels.is_floating_point():
         raise ValueError(f"weights='optimal' needs integer labels of shape ({n},)")
@@ -408,7 +411,7 @@ def _solve_weights(
     else:
         class_major = np.ascontiguousarray(members.cpu().numpy().transpose(0, 2, 1), dtype=np.float64)
         solved = _optimal_weights(class_major, labels.cpu().numpy(), lower, upper, max_iter)
-    return torch.from_numpy(solved).to(device=members.device, dtype=members.dtype)
+    return torch.from_numpy(solved)
 
 
 def ensemble_teacher(
@@ -423,13 +426,14 @@ def ensemble_teacher(
     """Detached teacher logits sum_i w_i z_i and weights w (sum 1): CE-optimal for `labels`, or the mean."""
     # "optimal" is EnNAS Eq. 2. Unless `nonnegative`, |w_i| <= bound (None: unbounded): the bound only
     # matters when a weighting separates the batch, as then the CE has no minimiser and w would diverge.
+    # The weights come back as float64 on the CPU: sum(w) = 1 holds to 1e-15 even for large weights.
     members = _stack_members(logits_list)
     with _no_autocast(members):
         if weights == "mean":
-            m = members.shape[0]
-            w = torch.full((m,), 1.0 / m, dtype=members.dtype, device=members.device)
+            w = torch.full((members.shape[0],), 1.0 / members.shape[0], dtype=torch.float64)
         elif weights == "optimal":
             w = _solve_weights(members, labels, nonnegative, bound, max_iter)
         else:
             raise ValueError(f"weights must be 'optimal' or 'mean', got {weights!r}")
-        return torch.tensordot(w, members, dims=1), w
+        teacher = torch.tensordot(w.to(device=members.device, dtype=members.dtype), members, dims=1)
+        return teacher, w

@@ -15,13 +15,11 @@ leaves a half-written model behind.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
 import secrets
 import shutil
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -36,6 +34,7 @@ from supernet.cost import cost
 from supernet.fileio import atomic_write_bytes, atomic_write_text
 from supernet.model import Supernet
 from supernet.nn.static import StaticNet, build_static
+from supernet.onnx_bytes import onnx_bytes
 from supernet.search.evaluate import EvalResult, checkpoint_digest
 from supernet.space import Arch, ArchError, SearchSpace, SpaceError
 from supernet.training.checkpoint import RunDir, RunDirError, load_checkpoint
@@ -46,7 +45,6 @@ ONNX_FILE = "model.onnx"
 CARD_FILE = "MODEL_CARD.md"
 WEIGHTS_FILES = {"safetensors": "model.safetensors", "torch": "model.pt"}
 EXPORT_FILES = frozenset({ARCH_FILE, ONNX_FILE, CARD_FILE, *WEIGHTS_FILES.values()})
-ONNX_OPSET = 17
 CARD_KEYS = ("source", "checkpoint_id", "dataset", "budget", "val", "test", "mean", "std", "notes")
 _CHECKPOINT_KEYS = ("config", "space", "num_classes", "in_channels", "model")
 _DOC_KEYS = ("arch", "space", "num_classes", "in_channels", "weights")
@@ -181,7 +179,7 @@ def export_subnet(
     try:
         _write_weights(staging / weights_name, net.state_dict(), weights_format)
         if onnx:
-            atomic_write_bytes(staging / ONNX_FILE, lambda fh: fh.write(_onnx_bytes(net, arch, in_channels)))
+            atomic_write_bytes(staging / ONNX_FILE, lambda fh: fh.write(onnx_bytes(net, torch.zeros(1, in_channels, arch.resolution, arch.resolution))))
         atomic_write_text(staging / ARCH_FILE, json.dumps(doc, indent=1) + "\n")
         atomic_write_text(staging / CARD_FILE, _model_card(doc, str(out_dir)))
         # Atomic writes create owner-only files; a model is for sharing, so give them the directory's
@@ -414,25 +412,6 @@ def _read_weights(path: Path) -> dict[str, Tensor]:
             f"weights file {path} is not a weights-only torch file of tensors "
             f"({type(err).__name__}); {_REEXPORT}"
         ) from None
-
-
-def _onnx_bytes(net: StaticNet, arch: Arch, in_channels: int) -> bytes:
-    buffer = io.BytesIO()
-    example = torch.zeros(1, in_channels, arch.resolution, arch.resolution)
-    with warnings.catch_warnings():
-        # The TorchScript exporter warns that it is deprecated; the dynamo one needs onnxscript.
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(
-            net.eval(),
-            (example,),
-            buffer,
-            dynamo=False,
-            opset_version=ONNX_OPSET,
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    return buffer.getvalue()
 
 
 def _export_root(path: str | os.PathLike[str]) -> Path:

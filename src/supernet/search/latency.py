@@ -26,14 +26,12 @@ effects between layers); without calibration it defaults to `call_ms`.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import platform
 import random
 import statistics
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,6 +45,7 @@ from torch import Tensor, nn
 from supernet.cost import conv_out_size
 from supernet.fileio import atomic_write_text
 from supernet.nn.static import Head, MBConv, build_static, conv_bn_act
+from supernet.onnx_bytes import onnx_bytes
 from supernet.search.predictor import kendall_tau
 from supernet.space import Arch, SearchSpace, expanded_width
 
@@ -182,34 +181,9 @@ def _onnxruntime_call(module: nn.Module, x: Tensor, threads: int) -> Iterator[Ca
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    session = ort.InferenceSession(export_onnx(module, x), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(onnx_bytes(module, x, dynamic_batch=False), options, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x.detach().cpu().numpy()}
     yield lambda: session.run(None, feed)
-
-
-def export_onnx(module: nn.Module, x: Tensor) -> bytes:
-    """`module` in eval mode as ONNX bytes (opset 17, legacy TorchScript exporter: no onnxscript needed)."""
-    was_training = module.training
-    module.eval()
-    buffer = io.BytesIO()
-    try:
-        with warnings.catch_warnings():
-            # The legacy exporter is chosen on purpose; its deprecation notice is noise here.
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-            with torch.no_grad():
-                torch.onnx.export(
-                    module,
-                    (x,),
-                    buffer,
-                    dynamo=False,
-                    opset_version=17,
-                    input_names=["x"],
-                    output_names=["y"],
-                )
-    finally:
-        module.train(was_training)
-    return buffer.getvalue()
 
 
 def _onnxruntime() -> Any:

@@ -20,7 +20,6 @@ from supernet import spaces
 from supernet.cost import macs
 from supernet.data import DataBundle, Loader, build_data, resize_batch, subset
 from supernet.distill import get_divergence
-from supernet.fileio import atomic_write_text
 from supernet.distributed import (
     SINGLE,
     DistContext,
@@ -31,6 +30,7 @@ from supernet.distributed import (
     check_same,
     mean_over_ranks,
 )
+from supernet.fileio import atomic_write_text
 from supernet.model import Supernet
 from supernet.nn.dynamic_ops import DynamicBatchNorm2d
 from supernet.nn.static import build_static
