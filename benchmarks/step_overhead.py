@@ -92,7 +92,7 @@ def peak_memory_child(which: str, batch: int, threads: int) -> None:
     """Run in a fresh process: print the peak memory growth during one step over the memory before it."""
     trainer, x, y = build(batch, threads)
     if which == "largest":
-        trainer._archs = lambda plan, images, labels, epoch: [plan.space.largest()]  # noqa: SLF001
+        trainer._archs = lambda plan, images, labels, epoch: [plan.space.largest()]
     engine_step(trainer, x, y)  # allocate optimizer state and warm up
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed activations back so the baseline is honest

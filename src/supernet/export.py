@@ -108,6 +108,7 @@ def load_supernet(
     if problem:
         raise RunDirError(f"checkpoint {path}: its weights do not fit its saved search space ({problem})")
     net.load_state_dict(state["model"])
+    net.set_channels_last(bool(config.get("train", {}).get("channels_last", False)))
     return LoadedRun(
         net=net.to(map_location).eval(),
         space=space,

@@ -163,6 +163,7 @@ class TrainConfig(_Section):
     epochs: float = Field(3, gt=0, description="epochs (ignored by the progressive schedule: phases set it)")
     max_steps_per_epoch: int | None = Field(None, gt=0)
     bf16: bool = Field(False, description="bfloat16 autocast for forward passes")
+    channels_last: bool = Field(True, description="NHWC layout for weights and activations (faster on CPU)")
     dropout: float = Field(0.0, ge=0, lt=1, description="before the classifier, largest network only")
     drop_connect: float = Field(0.0, ge=0, lt=1, description="on residual blocks, largest network only")
     eval_every_epochs: int = Field(1, ge=0, description="0: no per-epoch evaluation")

@@ -152,6 +152,7 @@ class Trainer:
             torch.manual_seed(config.seed)
             self.net = Supernet(self.space, self.num_classes, self.data.in_channels, config.kernel_transform)
         self.net.to(self.device)
+        self.net.set_channels_last(config.train.channels_last)
         if config.train.sync_bn:
             for m in self.net.modules():
                 if isinstance(m, DynamicBatchNorm2d):
