@@ -14,6 +14,7 @@ from hypothesis import strategies as hst
 from scipy.stats import chisquare
 from torch import nn
 
+from net_helpers import randomise_bn
 from supernet import Arch, SearchSpace, Supernet, spaces
 from supernet.training.diversity import (
     DiversitySampler,
@@ -32,12 +33,7 @@ SPACE = spaces.get("fmnist")
 
 def randomise(net: nn.Module, seed: int = 0) -> None:
     """Non-trivial BN parameters: a fresh supernet zero-inits each block's last BN, so all ops coincide."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+    randomise_bn(net, seed)
 
 
 def images(n: int, seed: int, side: int = 28) -> torch.Tensor:

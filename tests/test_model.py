@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from net_helpers import randomise_bn
 from supernet import Supernet, spaces
 from supernet.nn.static import build_static
 from supernet.space import ArchError
@@ -17,18 +18,8 @@ INPUT_SIDE = {"fmnist": None, "ofa_mbv3": 64, "alphanet": 64}
 
 
 def randomise(net: nn.Module, seed: int = 0) -> None:
-    """Give BN layers and kernel transforms non-trivial values so equivalence checks mean something."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
-                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-        for name, p in net.named_parameters():
-            if "transforms" in name:
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    """Non-trivial BN layers and kernel transforms so equivalence checks mean something."""
+    randomise_bn(net, seed, perturb=lambda name: "transforms" in name)
 
 
 def side(name: str, arch) -> int:

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
+from net_helpers import randomise_bn
 from supernet import Arch, SearchSpace, Supernet, spaces
 from supernet.training.reorder import channel_order, permute_channels, reorder_channels
 
@@ -48,18 +49,9 @@ def space_of(name: str) -> SearchSpace:
 def build(name: str, kernel_transform: bool = False, seed: int = 0) -> Supernet:
     """A supernet whose BN statistics, BN/SE biases and kernel transforms are all non-trivial."""
     net = Supernet(space_of(name), num_classes=10, kernel_transform=kernel_transform)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
-                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-        for name_, p in net.named_parameters():
-            if "transforms" in name_ or name_.endswith(("se.reduce.bias", "se.expand.bias")):
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return net
+    return randomise_bn(
+        net, seed, perturb=lambda n: "transforms" in n or n.endswith(("se.reduce.bias", "se.expand.bias"))
+    )
 
 
 def widest(space: SearchSpace, arch: Arch, ratios: bool) -> Arch:
@@ -294,14 +286,15 @@ def test_channel_order_is_what_reorder_applies_and_permute_validates_its_input()
         assert torch.equal(value, before.state_dict()[key]), key
     applied = reorder_channels(copy.deepcopy(net), width=True)
     assert perms.keys() == applied.keys() and all(torch.equal(perms[k], applied[k]) for k in perms)
-    shuffled = torch.randperm(24)
+    stage0 = max(net.space.stages[0].widths)  # the stem's widest choice equals it (tied by the residual)
+    shuffled = torch.randperm(stage0)
     bad = [
-        ({"stages.0.0.mid": torch.arange(24)}, "no channels"),  # stage 0 has ratio 1: no mid channels
+        ({"stages.0.0.mid": torch.arange(stage0)}, "no channels"),  # stage 0 has ratio 1: no mid channels
         ({"stages.1.out": torch.arange(31)}, "range\\(32\\)"),
         ({"stages.1.out": torch.zeros(32, dtype=torch.long)}, "permutation"),
         ({"stages.1.out": torch.arange(32.0)}, "int64"),
         ({"stages.0.out": shuffled}, "residual"),  # the stem is tied to stage 0
-        ({"stages.0.out": shuffled, "stem.out": torch.randperm(24)}, "residual"),
+        ({"stages.0.out": shuffled, "stem.out": torch.randperm(stage0)}, "residual"),
     ]
     for perms, message in bad:
         with pytest.raises(ValueError, match=message):
