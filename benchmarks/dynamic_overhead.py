@@ -37,15 +37,17 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
     return time.perf_counter() - start
 
 
-def measure(space_name: str, which: str, batch: int, rounds: int, num_classes: int) -> dict:
-    """Median supernet/extracted step-time ratio for one sub-network."""
+def measure(space_name: str, which: str, batch: int, rounds: int, num_classes: int, channels_last: bool) -> dict:
+    """Median supernet/extracted step-time ratio for one sub-network (both sides in the same memory layout)."""
     space = spaces.get(space_name)
     arch = {"largest": space.largest(), "smallest": space.smallest()}.get(which) or space.arch_from_attentivenas(A0)
-    net = Supernet(space, num_classes).train()
+    net = Supernet(space, num_classes).train().set_channels_last(channels_last)
     net.set_active(arch)
-    static = net.extract(arch).train()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    static = net.extract(arch).train().to(memory_format=layout)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, space.in_channels, arch.resolution, arch.resolution, generator=g)
+    x = torch.randn(batch, space.in_channels, arch.resolution, arch.resolution, generator=g).contiguous(
+        memory_format=layout)
     y = torch.randint(0, num_classes, (batch,), generator=g)
     opt_dyn = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
     opt_static = torch.optim.SGD(static.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
@@ -64,7 +66,7 @@ def measure(space_name: str, which: str, batch: int, rounds: int, num_classes: i
         dyn_times.append(td)
         static_times.append(ts)
     return {
-        "case": f"{space_name} {which} batch {batch}",
+        "case": f"{space_name} {which} batch {batch}" + (" NHWC" if channels_last else ""),
         "mmacs": macs(space, arch, num_classes) / 1e6,
         "supernet_ms": statistics.median(dyn_times) * 1e3,
         "extracted_ms": statistics.median(static_times) * 1e3,
@@ -78,13 +80,30 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cases = [("alphanet", "A0", 32, 1000), ("fmnist", "largest", 256, 10), ("fmnist", "smallest", 256, 10)]
+    cases = [("alphanet", "A0", 32, 1000, False), ("fmnist", "largest", 256, 10, False),
+             ("fmnist", "smallest", 256, 10, False), ("fmnist", "largest", 256, 10, True),
+             ("fmnist", "smallest", 256, 10, True)]
     print(f"dynamic overhead: supernet vs extracted train step, {args.rounds} interleaved rounds, "
           f"{args.threads} threads, torch {torch.__version__}")
-    print(f"{'case':<28} {'MMACs':>8} {'supernet ms':>12} {'extracted ms':>13} {'median ratio':>13}")
-    for space_name, which, batch, num_classes in cases:
-        r = measure(space_name, which, batch, args.rounds, num_classes)
-        print(f"{r['case']:<28} {r['mmacs']:8.2f} {r['supernet_ms']:12.1f} {r['extracted_ms']:13.1f} {r['ratio']:13.3f}")
+    print(f"{'case':<33} {'MMACs':>8} {'supernet ms':>12} {'extracted ms':>13} {'median ratio':>13}")
+    for space_name, which, batch, num_classes, channels_last in cases:
+        r = measure(space_name, which, batch, args.rounds, num_classes, channels_last)
+        print(f"{r['case']:<33} {r['mmacs']:8.2f} {r['supernet_ms']:12.1f} {r['extracted_ms']:13.1f} {r['ratio']:13.3f}")
+    print(f"analytic cost (MACs + params, no forward pass): {analytic_cost_us():.0f} us per alphanet sub-network")
+
+
+def analytic_cost_us(n: int = 1000) -> float:
+    """Mean time of the analytic MACs/params count per random alphanet sub-network, in microseconds."""
+    import random
+
+    from supernet.cost import cost
+
+    space = spaces.get("alphanet")
+    archs = [space.sample(random.Random(i)) for i in range(n)]
+    start = time.perf_counter()
+    for arch in archs:
+        cost(space, arch, 1000)
+    return (time.perf_counter() - start) / n * 1e6
 
 
 if __name__ == "__main__":

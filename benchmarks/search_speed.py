@@ -6,7 +6,7 @@ recalibration on `--recal-images` training images plus accuracy on the 5000-imag
 
     python benchmarks/search_speed.py [RUN_DIR] [--threads 2] [--full]
 
-Without --full the two searches use a reduced schedule (population 128, 5 generations of 64+64
+Without --full the two searches use a reduced schedule (population 64, 3 generations of 32+32
 children) so the script ends in minutes; --full runs the default search (512 + 20 x 256 children)
 with the predictor (keeping 16 children per generation) and without it.
 """
@@ -61,7 +61,7 @@ def main() -> None:
     if args.full:
         base = SearchSettings()
     else:
-        base = SearchSettings(population=128, parents_per_bucket=32, mutations=64, crossovers=64, iterations=5)
+        base = SearchSettings(population=64, parents_per_bucket=16, mutations=32, crossovers=32, iterations=3)
     plain = SearchSettings.from_dict({**base.to_dict(), "prescreen_keep": None})
     screened = SearchSettings.from_dict({**base.to_dict(), "prescreen_keep": 16})
     results = {}

@@ -65,12 +65,12 @@ def engine_step(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def bare_step(modules: list, optimizers: list, resolutions: list[int], x: torch.Tensor, y: torch.Tensor,
-              divergence) -> float:
+              divergence, layout: torch.memory_format) -> float:
     start = time.perf_counter()
     teacher = None
     for module, opt, res in zip(modules, optimizers, resolutions):
         opt.zero_grad(set_to_none=True)
-        logits = module(resize_batch(x, res))
+        logits = module(resize_batch(x, res).contiguous(memory_format=layout))
         if teacher is None:
             loss = F.cross_entropy(logits, y, label_smoothing=0.1)
             teacher = logits.detach()
@@ -124,21 +124,23 @@ def main() -> None:
     trainer, x, y = build(args.batch, args.threads)
     ctx = SampleContext(trainer.space, random.Random(0), 10, None)
     archs = SandwichSampler(num_random=2).sample(ctx)
-    modules = [trainer.net.extract(a).train() for a in archs]
+    # Same memory layout on both sides: the engine runs channels-last (train.channels_last, the default).
+    layout = torch.channels_last if trainer.config.train.channels_last else torch.contiguous_format
+    modules = [trainer.net.extract(a).train().to(memory_format=layout) for a in archs]
     optimizers = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, nesterov=True) for m in modules]
     divergence = get_divergence("adaptive_alpha", alpha_min=-1.0, alpha_max=1.0, clip=5.0)
     resolutions = [a.resolution for a in archs]
     for _ in range(2):
         engine_step(trainer, x, y)
-        bare_step(modules, optimizers, resolutions, x, y, divergence)
+        bare_step(modules, optimizers, resolutions, x, y, divergence, layout)
     ratios, engine, bare = [], [], []
     for r in range(args.rounds):
         if r % 2:
-            tb = bare_step(modules, optimizers, resolutions, x, y, divergence)
+            tb = bare_step(modules, optimizers, resolutions, x, y, divergence, layout)
             te = engine_step(trainer, x, y)
         else:
             te = engine_step(trainer, x, y)
-            tb = bare_step(modules, optimizers, resolutions, x, y, divergence)
+            tb = bare_step(modules, optimizers, resolutions, x, y, divergence, layout)
         ratios.append(te / tb)
         engine.append(te)
         bare.append(tb)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -82,6 +83,42 @@ def test_resume_with_another_number_of_processes(tmp_path) -> None:
     for key in ref:
         if ref[key].is_floating_point():
             torch.testing.assert_close(got[key], ref[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+SEARCH = {"population": 8, "parents_per_bucket": 4, "mutations": 4, "crossovers": 4, "iterations": 2}
+
+
+def _search_worker(rank: int, world: int, port: int, run_dir: str, out: str) -> None:
+    from supernet.search.evolution import SearchSettings
+    from supernet.search.job import open_run, run_search
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    ctx = init_from_env("cpu")
+    try:
+        opened = open_run(run_dir, recalibration_images=64, cache_path=Path(out) / "eval_cache.json", dist=ctx)
+        run_search(opened, Path(out), settings=SearchSettings(**SEARCH), progress=False, dist=ctx)
+    finally:
+        shutdown(ctx)
+
+
+def test_two_process_search_finds_the_same_front(tmp_path) -> None:
+    from supernet.search.evolution import SearchSettings
+    from supernet.search.job import open_run, run_search
+
+    trainer = Trainer(quick_config("bignas.yaml", "train.epochs=1", "train.eval_every_epochs=0"), tmp_path / "run",
+                      data=small_data(), progress=False)
+    trainer.run()
+    single_out = tmp_path / "single"
+    single_out.mkdir()
+    opened = open_run(tmp_path / "run", recalibration_images=64, cache_path=single_out / "eval_cache.json")
+    single = run_search(opened, single_out, settings=SearchSettings(**SEARCH), progress=False)
+    multi_out = tmp_path / "multi"
+    multi_out.mkdir()
+    mp.spawn(_search_worker, args=(2, free_port(), str(tmp_path / "run"), str(multi_out)), nprocs=2, join=True)
+    multi = json.loads((multi_out / "front.json").read_text())
+    assert multi["front"] == single["front"] and multi["evaluated"] == single["evaluated"]
+    assert multi["search"]["evaluations"] == single["search"]["evaluations"] > SEARCH["population"]
 
 
 def test_rank_mismatch_raises() -> None:

@@ -15,7 +15,7 @@ from supernet.training.config import load_config
 from supernet.training.loop import Trainer
 
 RECIPE = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
-BUDGETS = ("macs<=1.5M", "macs<=3M", "macs<=4.5M")
+BUDGETS = ("macs<=1.5M", "macs<=3M", "macs<=6M")
 DEMO_SEARCH = SearchSettings(population=64, parents_per_bucket=16, mutations=32, crossovers=32, iterations=4,
                              prescreen_keep=16)
 

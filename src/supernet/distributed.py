@@ -1,9 +1,8 @@
 """Multi-process training and search with torch.distributed (launched by torchrun): gloo on CPU, NCCL on GPU.
 
-Sandwich-style steps run several forward/backward passes over different parameter subsets before
-one optimizer step. DistributedDataParallel's reducer assumes one backward per synchronisation and
-a fixed set of used parameters, so the loop instead accumulates gradients locally and all-reduces
-them once per optimizer step with `all_reduce_gradients` (bucketed, coalesced collectives).
+The training loop wraps the supernet in DistributedDataParallel and runs every sub-network of a step
+but the last under `no_sync()`, so gradients are all-reduced once per optimizer step; this module
+holds the process-group set-up and the small collectives the loop and the search need besides.
 """
 
 from __future__ import annotations
@@ -11,18 +10,16 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 T = TypeVar("T")
 R = TypeVar("R")
-BUCKET_ELEMENTS = 8 * 1024 * 1024  # 32 MB of float32 per all-reduce
 
 
 class RankMismatch(RuntimeError):
@@ -66,37 +63,6 @@ def init_from_env(device: str | None = None, timeout_s: float = 1800.0) -> DistC
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s))
     chosen = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=chosen)
-
-
-def all_reduce_gradients(params: Sequence[nn.Parameter], ctx: DistContext) -> None:
-    """Average every parameter's gradient over ranks in a few coalesced collectives (missing grads count as 0)."""
-    if not ctx.enabled:
-        return
-    grads = []
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        grads.append(p.grad)
-    bucket: list[torch.Tensor] = []
-    size = 0
-    for g in grads:
-        bucket.append(g)
-        size += g.numel()
-        if size >= BUCKET_ELEMENTS:
-            _reduce_bucket(bucket, ctx.world_size)
-            bucket, size = [], 0
-    if bucket:
-        _reduce_bucket(bucket, ctx.world_size)
-
-
-def _reduce_bucket(tensors: list[torch.Tensor], world_size: int) -> None:
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat)
-    flat /= world_size
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset : offset + t.numel()].view_as(t))
-        offset += t.numel()
 
 
 def digest(value: Any) -> int:

@@ -183,11 +183,6 @@ def export_subnet(
             atomic_write_bytes(staging / ONNX_FILE, lambda fh: fh.write(onnx_bytes(net, torch.zeros(1, in_channels, arch.resolution, arch.resolution))))
         atomic_write_text(staging / ARCH_FILE, json.dumps(doc, indent=1) + "\n")
         atomic_write_text(staging / CARD_FILE, _model_card(doc, str(out_dir)))
-        # Atomic writes create owner-only files; a model is for sharing, so give them the directory's
-        # umask-derived permissions (mkdir applied the umask to the staging directory).
-        mode = staging.stat().st_mode & 0o666
-        for path in staging.iterdir():
-            path.chmod(mode)
         _publish(staging, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -9,10 +9,18 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+def _file_mode() -> int:
+    """The permissions a plain open() would give a new file (0666 minus the umask); mkstemp uses 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write a file via a temporary sibling and os.replace, so readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, _file_mode())
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from supernet import spaces
@@ -24,7 +25,6 @@ from supernet.distributed import (
     SINGLE,
     DistContext,
     all_agree,
-    all_reduce_gradients,
     barrier,
     broadcast_object,
     check_same,
@@ -153,6 +153,14 @@ class Trainer:
             self.net = Supernet(self.space, self.num_classes, self.data.in_channels, config.kernel_transform)
         self.net.to(self.device)
         self.net.set_channels_last(config.train.channels_last)
+        self.ddp: DistributedDataParallel | None = None
+        if self.dist.enabled:
+            # Sub-networks use different parameter subsets, hence find_unused_parameters; BN running
+            # statistics stay per rank (or are synchronised by sync_bn), hence no buffer broadcast.
+            self.ddp = DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True, broadcast_buffers=False,
+            )
         if config.train.sync_bn:
             for m in self.net.modules():
                 if isinstance(m, DynamicBatchNorm2d):
@@ -269,8 +277,10 @@ class Trainer:
         net.set_active(arch)
         net.dropout_rate = self.config.train.dropout if regularise else 0.0
         net.drop_connect_rate = self.config.train.drop_connect if regularise else 0.0
+        # Passes that will be back-propagated go through DDP, so their gradients reach every rank.
+        module = self.ddp if self.ddp is not None and torch.is_grad_enabled() else net
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.bf16):
-            return net(resize_batch(images, arch.resolution))
+            return module(resize_batch(images, arch.resolution))
 
     def _frozen_forward(self, images: Tensor) -> Any:
         def forward(arch: Arch) -> Tensor:
@@ -316,26 +326,29 @@ class Trainer:
         student_losses: list[float] = []
         for i, arch in enumerate(archs):
             is_full = i == 0 and arch == largest
-            logits = self._forward(arch, images, regularise=is_full).float()
-            ce = F.cross_entropy(logits, labels, label_smoothing=cfg.optim.label_smoothing)
-            if is_full:
-                loss, scale = ce, 1.0
-                if plan.distill:
-                    targets = self.teacher.from_full(logits, targets)
-            elif plan.distill and targets is not None:
-                d = cfg.distill
-                loss = d.kd_weight * self.divergence(logits, targets) + (d.ce_weight * ce if d.ce_weight else 0.0)
-                scale = plan.sub_scale
-            else:
-                loss, scale = ce, plan.sub_scale
-            if not all_agree(bool(torch.isfinite(loss)), self.dist):  # every rank skips the step together
-                self.optimizer.zero_grad(set_to_none=True)
-                return None
-            (loss * scale).backward()
+            synced = i == len(archs) - 1  # DDP all-reduces the accumulated gradients once, after the last
+            with contextlib.nullcontext() if self.ddp is None or synced else self.ddp.no_sync():
+                logits = self._forward(arch, images, regularise=is_full).float()
+                ce = F.cross_entropy(logits, labels, label_smoothing=cfg.optim.label_smoothing)
+                if is_full:
+                    loss, scale = ce, 1.0
+                    if plan.distill:
+                        targets = self.teacher.from_full(logits, targets)
+                elif plan.distill and targets is not None:
+                    d = cfg.distill
+                    loss = d.kd_weight * self.divergence(logits, targets) + (d.ce_weight * ce if d.ce_weight else 0.0)
+                    scale = plan.sub_scale
+                else:
+                    loss, scale = ce, plan.sub_scale
+                if not all_agree(bool(torch.isfinite(loss)), self.dist):  # every rank skips the step together
+                    if self.ddp is not None and synced:
+                        (logits.sum() * 0.0).backward()  # DDP expects the synchronised pass to finish
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return None
+                (loss * scale).backward()
             losses.append(loss.item())
             if not is_full:
                 student_losses.append(loss.item())
-        all_reduce_gradients(list(self.net.parameters()), self.dist)  # once per optimizer step
         clip = cfg.optim.grad_clip
         if clip.kind == "value":
             nn.utils.clip_grad_value_(self.net.parameters(), clip.value)
@@ -482,10 +495,8 @@ def _keep_global_batch(config: Config, global_batch: int, world_size: int) -> Co
 
 def load_teacher(source: str, device: torch.device) -> tuple[nn.Module, int]:
     """The largest sub-network of a run directory or checkpoint of this tool, frozen, and its resolution."""
-    state = load_checkpoint(source)
-    space = SearchSpace.from_dict(state["space"], source=f"{source} (saved space)")
-    net = Supernet(space, state["num_classes"], state["in_channels"],
-                   state["config"].get("kernel_transform", False))
-    net.load_state_dict(state["model"])
-    largest = space.largest()
-    return net.extract(largest).to(device).eval().requires_grad_(False), largest.resolution
+    from supernet.export import load_supernet  # export builds on training's checkpoints; import lazily
+
+    run = load_supernet(source)
+    largest = run.space.largest()
+    return run.net.extract(largest).to(device).eval().requires_grad_(False), largest.resolution
