@@ -29,7 +29,8 @@ test: dev data
 test-all: dev data
 	$(PYTHON) -m pytest -m ""
 
-bench: install
+# search_speed.py measures on the demo's trained run: run `make demo` first.
+bench: install data
 	for script in benchmarks/*.py; do $(PYTHON) $$script || exit 1; done
 
 lint: dev

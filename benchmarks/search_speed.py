@@ -52,9 +52,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--recal-images", type=int, default=1024)
     parser.add_argument("--full", action="store_true", help="the default search (512 + 20 x 256)")
+    parser.add_argument("--predictor-only", action="store_true", help="skip the search without the predictor")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     run_dir = Path(args.run_dir)
+    if not (run_dir / "checkpoints" / "latest.pt").is_file():
+        raise SystemExit(f"no trained run in {run_dir}; run `make demo` first or pass a run directory")
     print(f"search speed: {run_dir}, {args.threads} threads, recalibration on {args.recal_images} images, "
           f"torch {torch.__version__}")
     print(f"  evaluations per minute (random fmnist sub-networks): {evals_per_minute(run_dir, 12, args.recal_images):.1f}")
@@ -65,15 +68,17 @@ def main() -> None:
     plain = SearchSettings.from_dict({**base.to_dict(), "prescreen_keep": None})
     screened = SearchSettings.from_dict({**base.to_dict(), "prescreen_keep": 16})
     results = {}
-    for label, settings, predictor in (("with predictor", screened, True), ("without predictor", plain, False)):
+    runs = [("with predictor", screened, True), ("without predictor", plain, False)]
+    for label, settings, predictor in runs[:1] if args.predictor_only else runs:
         r = one_search(run_dir, settings, predictor, args.recal_images)
         results[label] = r
         tau = (r["search"]["predictor"] or {}).get("kendall_tau")
         print(f"  {label:<18} {r['search']['evaluations']:5d} evaluations in {r['wall'] / 60:6.1f} min, "
               f"mean Pareto accuracy {r['mean_pareto_accuracy']:.2%}, front size {len(r['front'])}"
               + ("" if tau is None else f", predictor Kendall tau {tau:.3f} on held-out evaluations"))
-    gap = results["without predictor"]["mean_pareto_accuracy"] - results["with predictor"]["mean_pareto_accuracy"]
-    print(f"  mean Pareto accuracy gap (without - with predictor): {gap * 100:+.2f} points")
+    if len(results) == 2:
+        gap = results["without predictor"]["mean_pareto_accuracy"] - results["with predictor"]["mean_pareto_accuracy"]
+        print(f"  mean Pareto accuracy gap (without - with predictor): {gap * 100:+.2f} points")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from supernet.data import (
     ImageFolderDataset,
     Loader,
     TensorImageDataset,
-    batches,
     build_data,
     derive_seed,
     resize_batch,
@@ -476,7 +475,7 @@ def test_batches_are_a_pure_function_of_seed_and_epoch(fmnist: DataBundle) -> No
 def test_start_step_resumes_identically(fmnist: DataBundle) -> None:
     kwargs = {"seed": 7, "epoch": 4, "shuffle": True, "augment": True}
     full = list(Loader(fmnist.train, 16, **kwargs))
-    resumed = batches(fmnist.train, 16, start_step=4, **kwargs)
+    resumed = Loader(fmnist.train, 16, start_step=4, **kwargs)
     assert len(resumed) == 2 and resumed.steps_per_epoch == 6
     for (a, la), (b, lb) in zip(full[4:], resumed, strict=True):
         assert torch.equal(a, b) and torch.equal(la, lb)

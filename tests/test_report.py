@@ -31,60 +31,137 @@ RECIPES = {
 }
 
 
-def make_run(root: Path, recipe: tuple[str, str, str, str], *, evals: bool = True, quality: float = 0.0) -> Path:
+def make_run(
+    root: Path, recipe: tuple[str, str, str, str], *, evals: bool = True, quality: float = 0.0
+) -> Path:
     """A run directory with config.yaml and metrics.jsonl (two epochs, a torn last line)."""
     root.mkdir(parents=True)
     sampler, teacher, divergence, schedule = recipe
-    config = {"seed": 0, "space": "fmnist", "data": {"name": "fashion_mnist"}, "optim": {"lr": 0.2},
-              "train": {"epochs": 2}, "sampler": {"name": sampler, "num_random": 2}, "teacher": {"name": teacher},
-              "distill": {"divergence": divergence}, "schedule": {"name": schedule}}
+    config = {
+        "seed": 0,
+        "space": "fmnist",
+        "data": {"name": "fashion_mnist"},
+        "optim": {"lr": 0.2},
+        "train": {"epochs": 2},
+        "sampler": {"name": sampler, "num_random": 2},
+        "teacher": {"name": teacher},
+        "distill": {"divergence": divergence},
+        "schedule": {"name": schedule},
+    }
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     lines = []
     for step in range(1, 41, 4):
-        lines.append({"kind": "train", "step": step, "epoch": 1 + step // 20, "phase": "train", "lr": 0.1, "eps": 1.0,
-                      "loss": 2.0 / step ** 0.3, "loss_full": None if step == 5 else 1.8 / step ** 0.3,
-                      "loss_students": 0.5, "networks": 4, "train_macs": step * 2.5e10, "wall_time": step * 3.0,
-                      "skipped_steps": 0})
+        macs = step * 2.5e10 * (1 + 20 * quality)
+        lines.append(
+            {
+                "kind": "train",
+                "step": step,
+                "epoch": 1 + step // 20,
+                "phase": "train",
+                "lr": 0.1,
+                "eps": 1.0,
+                "loss": 2.0 / step**0.3,
+                "loss_full": None if step == 5 else (1.8 - 5 * quality) / step**0.3,
+                "loss_students": 0.5,
+                "networks": 4,
+                "train_macs": macs,
+                "wall_time": step * 3.0,
+                "skipped_steps": int(step > 5),
+            }
+        )
         if evals and step in (17, 37):
             epoch = 1 if step == 17 else 2
-            lines.append({"kind": "eval", "step": step + 3, "epoch": epoch,
-                          "smallest_top1": 0.70 + 0.05 * epoch + quality, "largest_top1": 0.80 + 0.04 * epoch + quality,
-                          "smallest_loss": 0.9, "largest_loss": 0.6, "train_macs": (step + 3) * 2.5e10,
-                          "wall_time": (step + 3) * 3.0})
-    (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"kind": "train", "st')
+            lines.append(
+                {
+                    "kind": "eval",
+                    "step": step + 3,
+                    "epoch": epoch,
+                    "smallest_top1": 0.70 + 0.05 * epoch + quality,
+                    "largest_top1": 0.80 + 0.04 * epoch + quality,
+                    "smallest_loss": 0.9,
+                    "largest_loss": 0.6,
+                    "train_macs": macs * (step + 3) / step,
+                    "wall_time": (step + 3) * 3.0,
+                }
+            )
+    (root / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in lines) + '{"kind": "train", "st'
+    )
     return root
 
 
 def candidate(macs: int, val: float, test: float | None) -> dict[str, Any]:
-    return {"arch": {"resolution": 28, "widths": [8, 16], "depths": [1, 2]}, "macs": macs, "params": macs // 40,
-            "latency_ms": None, "val_top1": val, "test_top1": test, "test_top5": None if test is None else test + 0.1}
+    return {
+        "arch": {"resolution": 28, "widths": [8, 16], "depths": [1, 2]},
+        "macs": macs,
+        "params": macs // 40,
+        "latency_ms": None,
+        "val_top1": val,
+        "test_top1": test,
+        "test_top5": None if test is None else test + 0.1,
+    }
+
+
+def best_of(candidates: list[dict[str, Any]], low: int, high: int) -> dict[str, Any] | None:
+    """The most accurate candidate with low <= MACs < high."""
+    inside = [c for c in candidates if low <= c["macs"] < high]
+    return max(inside, key=lambda c: c["val_top1"]) if inside else None
 
 
 def make_search(root: Path, run_dir: Path, *, offset: float, with_test: bool) -> Path:
     """A search directory whose front.json names `run_dir`."""
     root.mkdir(parents=True)
-    evaluated = [candidate(1_000_000 + 150_000 * i, 0.70 + offset + 0.01 * (i % 7) + 0.002 * i,
-                           (0.69 + offset + 0.002 * i) if with_test else None) for i in range(40)]
-    front = [evaluated[i] for i in (0, 6, 13, 20, 27, 34, 39)]
-    edges = [1_000_000 + 1_000_000 * k for k in range(7)]
-    buckets = [{"low": lo, "high": hi, "best": front[k] if k < 5 else None}
-               for k, (lo, hi) in enumerate(itertools.pairwise(edges))]
-    data = {"format": 1, "run_dir": str(run_dir), "checkpoint": str(run_dir / "checkpoints/latest.pt"),
-            "space": "fmnist", "num_classes": 10, "cost": "macs", "constraints": ["macs<=7e6"],
-            "front": front, "evaluated": evaluated, "buckets": buckets, "mean_pareto_accuracy": 0.7654 + offset,
-            "smallest": evaluated[0], "largest": evaluated[-1],
-            "budgets": [{"budget": "macs<=3e6", "best": front[2]}, {"budget": "macs<=1e5", "best": None}],
-            "search": {"evaluations": 40, "generations": 3, "wall_time": 12.5, "predictor": None}}
+    evaluated = [
+        candidate(
+            1_000_000 + 150_000 * i,
+            0.70 + offset + 0.01 * (i % 7) + 0.002 * i,
+            (0.69 + offset + 0.002 * i) if with_test else None,
+        )
+        for i in range(40)
+    ]
+    front = [
+        c
+        for c in evaluated
+        if not any(o["macs"] <= c["macs"] and o["val_top1"] > c["val_top1"] for o in evaluated)
+    ]
+    edges = [1_000_000 + 1_200_000 * k for k in range(7)]  # six buckets, the last one empty
+    buckets = [
+        {"low": lo, "high": hi, "best": best_of(evaluated, lo, hi)} for lo, hi in itertools.pairwise(edges)
+    ]
+    data = {
+        "format": 1,
+        "run_dir": str(run_dir),
+        "checkpoint": str(run_dir / "checkpoints/latest.pt"),
+        "space": "fmnist",
+        "num_classes": 10,
+        "cost": "macs",
+        "constraints": ["macs<=7e6"],
+        "front": front,
+        "evaluated": evaluated,
+        "buckets": buckets,
+        "mean_pareto_accuracy": 0.7654 + offset,
+        "smallest": evaluated[0],
+        "largest": evaluated[-1],
+        "budgets": [
+            {"budget": "macs<=3e6", "best": best_of(evaluated, 0, 3_000_001)},
+            {"budget": "macs<=1e5", "best": None},
+        ],
+        "search": {"evaluations": 40, "generations": 3, "wall_time": 12.5, "predictor": None},
+    }
     (root / "front.json").write_text(json.dumps(data))
     return root
 
 
 @pytest.fixture
 def two_runs(tmp_path: Path) -> tuple[list[Path], list[Path]]:
-    runs = [make_run(tmp_path / "runs" / name, recipe, quality=0.01 * i)
-            for i, (name, recipe) in enumerate(RECIPES.items())]
-    searches = [make_search(tmp_path / "search" / run.name, run, offset=0.02 * i, with_test=i == 0)
-                for i, run in enumerate(runs)]
+    runs = [
+        make_run(tmp_path / "runs" / name, recipe, quality=0.01 * i)
+        for i, (name, recipe) in enumerate(RECIPES.items())
+    ]
+    searches = [
+        make_search(tmp_path / "search" / run.name, run, offset=0.02 * i, with_test=i == 0)
+        for i, run in enumerate(runs)
+    ]
     return runs, searches
 
 
@@ -117,7 +194,7 @@ def test_html_holds_runs_buckets_and_mean_pareto_accuracy(tmp_path: Path, two_ru
     assert "bignas_kl: sandwich/inplace/kl/shrink_from_start" in page
     assert "deps_alpha: sandwich/inplace/adaptive_alpha/delayed_eps" in page
     assert "76.54%" in page and "78.54%" in page  # mean Pareto accuracy of each search
-    assert "1 M – 2 M" in page and "6 M – 7 M" in page  # bucket ranges
+    assert "1 M – 2.2 M" in page and "7 M – 8.2 M" in page and "no sub-network in range" in page
     for search in searches:
         for bucket in json.loads((search / "front.json").read_text())["buckets"]:
             if bucket["best"] is not None:
@@ -134,9 +211,11 @@ def test_html_holds_runs_buckets_and_mean_pareto_accuracy(tmp_path: Path, two_ru
 def test_several_runs_overlaid_in_the_front_plot(two_runs) -> None:
     _, searches = two_runs
     loaded = [load_search(s) for s in searches]
-    styles = [Style("a: sandwich/inplace/kl/shrink_from_start", "#1f77b4"),
-              Style("b: sandwich/inplace/adaptive_alpha/delayed_eps", "#ff7f0e")]
-    fig = accuracy_figure(list(zip(loaded, styles)), [])
+    styles = [
+        Style("a: sandwich/inplace/kl/shrink_from_start", "#1f77b4"),
+        Style("b: sandwich/inplace/adaptive_alpha/delayed_eps", "#ff7f0e"),
+    ]
+    fig = accuracy_figure(list(zip(loaded, styles, strict=True)), [])
     assert fig is not None
     texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert texts[:2] == [s.label for s in styles]
@@ -145,8 +224,9 @@ def test_several_runs_overlaid_in_the_front_plot(two_runs) -> None:
 
 def test_run_without_evals_still_reports(tmp_path: Path) -> None:
     run = make_run(tmp_path / "noeval", RECIPES["bignas_kl"], evals=False)
-    index = write_report([run], [], tmp_path / "report")
+    index = write_report([run, tmp_path / "noeval"], [], tmp_path / "report")
     page = index.read_text()
+    assert page.count("<td>noeval</td>") == 1, "a run given twice is reported once"
     assert {p.name for p in index.parent.glob("*.png")} == {CURVES_PLOT, COST_PLOT}
     assert f'<img src="{ACCURACY_PLOT}"' not in page
     assert "no evaluation records" in page and "No search given" in page
@@ -183,8 +263,9 @@ def test_missing_inputs_give_clear_errors(tmp_path: Path, two_runs) -> None:
     (empty / "front.json").write_text('{"format": 1, "front": [')
     with pytest.raises(ReportError, match="not valid JSON"):
         load_search(empty)
-    (empty / "front.json").write_text('{"format": 1, "front": [{"macs": 1}], "evaluated": [], "buckets": [], '
-                                      '"mean_pareto_accuracy": 0.5}')
+    (empty / "front.json").write_text(
+        '{"format": 1, "front": [{"macs": 1}], "evaluated": [], "buckets": [], "mean_pareto_accuracy": 0.5}'
+    )
     with pytest.raises(ReportError, match=r"front\[0\] is not a sub-network record"):
         load_search(empty)
     with pytest.raises(ReportError, match="is a file"):

@@ -181,18 +181,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from supernet.report import write_report
+    from supernet.report import split_inputs, write_report
 
-    runs, searches = [], []
-    for item in args.paths:
-        path = Path(item)
-        if (path / "front.json").is_file():
-            searches.append(path)
-        elif (path / "metrics.jsonl").is_file():
-            runs.append(path)
-        else:
-            raise FileNotFoundError(f"{path} is neither a run directory (metrics.jsonl) nor a search directory "
-                                    "(front.json); train with `supernet train` or search with `supernet search`")
+    runs, searches = split_inputs([Path(p) for p in args.paths])
     index = write_report(runs, searches, Path(args.out), title=args.title)
     print(f"wrote {index}")
     return 0
@@ -380,6 +371,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by input (config, data, architecture, checkpoint): printed as one line, no traceback."""
     from supernet.data import DatasetError
     from supernet.export import ExportError
+    from supernet.report import ReportError
     from supernet.search.evaluate import CacheError
     from supernet.search.evolution import SearchError
     from supernet.search.latency import LatencyError, MissingLayerError
@@ -387,7 +379,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from supernet.space import ArchError, SpaceError
 
     return (SpaceError, ArchError, ConfigError, DatasetError, RunDirError, ExportError, CacheError, SearchError,
-            ConstraintError, LatencyError, MissingLayerError, FileNotFoundError)
+            ConstraintError, LatencyError, MissingLayerError, ReportError, FileNotFoundError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from supernet.fileio import atomic_write_bytes, atomic_write_text
 from supernet.training.metrics import read_metrics
@@ -84,7 +84,9 @@ def read_recipe(config_path: Path) -> tuple[str, str, str, str] | None:
     try:
         config = yaml.safe_load(config_path.read_text())
     except yaml.YAMLError as err:
-        raise ReportError(f"{config_path} is not valid YAML ({err}); restore the config the run wrote") from None
+        raise ReportError(
+            f"{config_path} is not valid YAML ({err}); restore the config the run wrote"
+        ) from None
     if not isinstance(config, dict):
         raise ReportError(f"{config_path} does not hold a config mapping; restore the config the run wrote")
 
@@ -92,26 +94,42 @@ def read_recipe(config_path: Path) -> tuple[str, str, str, str] | None:
         value = config.get(section)
         return str(value.get(key, "?")) if isinstance(value, dict) else "?"
 
-    return name("sampler", "name"), name("teacher", "name"), name("distill", "divergence"), name("schedule", "name")
+    return (
+        name("sampler", "name"),
+        name("teacher", "name"),
+        name("distill", "divergence"),
+        name("schedule", "name"),
+    )
 
 
 def load_run(path: str | Path) -> RunInfo:
     """Read a run directory's recipe and metrics; ReportError if it has no metrics.jsonl."""
     root = Path(path)
     if not (root / "metrics.jsonl").is_file():
-        raise ReportError(f"run directory {root} has no metrics.jsonl; train first "
-                          f"(`supernet train CONFIG --out {root}`) or pass the directory a run wrote")
+        raise ReportError(
+            f"run directory {root} has no metrics.jsonl; train first "
+            f"(`supernet train CONFIG --out {root}`) or pass the directory a run wrote"
+        )
     records = read_metrics(root / "metrics.jsonl")
 
     def by_step(kind: str) -> list[dict[str, Any]]:
         return sorted((r for r in records if r.get("kind") == kind), key=lambda r: r.get("step", 0))
 
-    return RunInfo(root, root.resolve().name, read_recipe(root / "config.yaml"), by_step("train"), by_step("eval"))
+    return RunInfo(
+        root, root.resolve().name, read_recipe(root / "config.yaml"), by_step("train"), by_step("eval")
+    )
 
 
 def _check_candidate(c: Any, where: str, path: Path) -> None:
-    if not (isinstance(c, dict) and isinstance(c.get("macs"), (int, float)) and isinstance(c.get("val_top1"), (int, float))):
-        raise ReportError(f"{path}: {where} is not a sub-network record with 'macs' and 'val_top1'; re-run `supernet search`")
+    if not (
+        isinstance(c, dict)
+        and isinstance(c.get("macs"), (int, float))
+        and isinstance(c.get("val_top1"), (int, float))
+    ):
+        raise ReportError(
+            f"{path}: {where} is not a sub-network record with 'macs' and 'val_top1'; "
+            "re-run `supernet search`"
+        )
 
 
 def load_search(path: str | Path) -> SearchInfo:
@@ -119,14 +137,25 @@ def load_search(path: str | Path) -> SearchInfo:
     root = Path(path)
     front = root / "front.json"
     if not front.is_file():
-        raise ReportError(f"search directory {root} has no front.json; run `supernet search` on the trained run first")
+        raise ReportError(
+            f"search directory {root} has no front.json; run `supernet search` on the trained run first"
+        )
     try:
         data = json.loads(front.read_text())
     except json.JSONDecodeError as err:
-        raise ReportError(f"{front} is not valid JSON ({err.msg}, line {err.lineno}); re-run `supernet search`") from None
+        raise ReportError(
+            f"{front} is not valid JSON ({err.msg}, line {err.lineno}); re-run `supernet search`"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != FRONT_FORMAT:
-        raise ReportError(f"{front} is not a supernet front file of format {FRONT_FORMAT}; re-run `supernet search`")
-    for key, kind in (("front", list), ("evaluated", list), ("buckets", list), ("mean_pareto_accuracy", (int, float))):
+        raise ReportError(
+            f"{front} is not a supernet front file of format {FRONT_FORMAT}; re-run `supernet search`"
+        )
+    for key, kind in (
+        ("front", list),
+        ("evaluated", list),
+        ("buckets", list),
+        ("mean_pareto_accuracy", (int, float)),
+    ):
         if not isinstance(data.get(key), kind):
             raise ReportError(f"{front} lacks a valid '{key}'; re-run `supernet search`")
     for key in ("front", "evaluated"):
@@ -148,8 +177,10 @@ def split_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
     for p in map(Path, paths):
         is_search, is_run = (p / "front.json").is_file(), (p / "metrics.jsonl").is_file()
         if not (is_search or is_run):
-            raise ReportError(f"{p} is neither a run directory (metrics.jsonl) nor a search directory (front.json); "
-                              "train with `supernet train` or search with `supernet search` first")
+            raise ReportError(
+                f"{p} is neither a run directory (metrics.jsonl) nor a search directory (front.json); "
+                "train with `supernet train` or search with `supernet search` first"
+            )
         if is_run:
             runs.append(p)
         if is_search:
@@ -164,8 +195,9 @@ def _same_dir(a: Path, b: Path) -> bool:
         return False
 
 
-def _link_searches(runs: list[RunInfo], searches: list[SearchInfo],
-                   notes: list[str]) -> tuple[list[RunInfo], list[int | None]]:
+def _link_searches(
+    runs: list[RunInfo], searches: list[SearchInfo], notes: list[str]
+) -> tuple[list[RunInfo], list[int | None]]:
     """Attach each search to its run (same path, else a unique name), loading runs that were not given."""
     runs = list(runs)
     owners: list[int | None] = []
@@ -181,8 +213,10 @@ def _link_searches(runs: list[RunInfo], searches: list[SearchInfo],
                 owner = len(runs) - 1
                 notes.append(f"Run {s.run_dir} was added because search {s.name} names it.")
         if owner is None:
-            notes.append(f"Search {s.name}: its run ({s.run_dir or 'not named'}) was not given and was not found, "
-                         "so its training curves and cost are not shown.")
+            notes.append(
+                f"Search {s.name}: its run ({s.run_dir or 'not named'}) was not given and was not found, "
+                "so its training curves and cost are not shown."
+            )
         owners.append(owner)
     return runs, owners
 
@@ -201,15 +235,16 @@ def _unique_names(runs: list[RunInfo]) -> list[RunInfo]:
     return out
 
 
-def _styles(runs: list[RunInfo], searches: list[SearchInfo],
-            owners: list[int | None]) -> tuple[list[Style], list[Style]]:
-    """One colour per run, shared by its searches (told apart by line style); unowned searches get their own."""
+def _styles(
+    runs: list[RunInfo], searches: list[SearchInfo], owners: list[int | None]
+) -> tuple[list[Style], list[Style]]:
+    """One colour per run, shared by its searches (told apart by line style); other searches get their own."""
     palette = colormaps["tab10"]
     run_styles = [Style(r.label, to_hex(palette(i % 10))) for i, r in enumerate(runs)]
     per_run = [owners.count(i) for i in range(len(runs))]
     seen = [0] * len(runs)
     search_styles, extra = [], len(runs)
-    for s, owner in zip(searches, owners):
+    for s, owner in zip(searches, owners, strict=True):
         if owner is None:
             recipe = None
             if s.run_dir is not None:
@@ -228,6 +263,11 @@ def _styles(runs: list[RunInfo], searches: list[SearchInfo],
     return run_styles, search_styles
 
 
+def _macs_unit(largest: float) -> tuple[float, str]:
+    """The scale and prefix (K, M, G) that suit MACs counts up to `largest`."""
+    return (1e9, "G") if largest >= 1e9 else (1e6, "M") if largest >= 1e6 else (1e3, "K")
+
+
 def _new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)  # explicit Agg canvas: no pyplot, no global backend state
@@ -237,30 +277,56 @@ def _new_figure(width: float, height: float) -> Figure:
 def accuracy_figure(searches: Sequence[tuple[SearchInfo, Style]], notes: list[str]) -> Figure | None:
     """Val top-1 vs MACs: every evaluated sub-network as a faint point and each front as a step line."""
     items = [(s, st) for s, st in searches if s.data["front"] or s.data["evaluated"]]
-    notes.extend(f"Search {s.name} has no evaluated sub-networks; it is not plotted."
-                 for s, _ in searches if not (s.data["front"] or s.data["evaluated"]))
+    notes.extend(
+        f"Search {s.name} has no evaluated sub-networks; it is not plotted."
+        for s, _ in searches
+        if not (s.data["front"] or s.data["evaluated"])
+    )
     if not items:
         return None
     fig = _new_figure(8.5, 5.5)
     ax = fig.add_subplot()
     any_test = False
-    all_macs = []
+    all_macs = [c["macs"] for s, _ in items for c in s.data["front"] + s.data["evaluated"]]
+    scale, unit = _macs_unit(max(all_macs, default=0))
     for s, st in items:
         evaluated = s.data["evaluated"]
-        ax.scatter([c["macs"] / 1e6 for c in evaluated], [100 * c["val_top1"] for c in evaluated],
-                   s=9, alpha=0.25, color=st.colour, linewidths=0)
+        ax.scatter(
+            [c["macs"] / scale for c in evaluated],
+            [100 * c["val_top1"] for c in evaluated],
+            s=9,
+            alpha=0.25,
+            color=st.colour,
+            linewidths=0,
+        )
         front = sorted(s.data["front"], key=lambda c: c["macs"])
-        ax.step([c["macs"] / 1e6 for c in front], [100 * c["val_top1"] for c in front], where="post",
-                color=st.colour, linestyle=st.linestyle, marker="o", markersize=3.5, label=st.label)
+        ax.step(
+            [c["macs"] / scale for c in front],
+            [100 * c["val_top1"] for c in front],
+            where="post",
+            color=st.colour,
+            linestyle=st.linestyle,
+            marker="o",
+            markersize=3.5,
+            label=st.label,
+        )
         tested = [c for c in front if isinstance(c.get("test_top1"), (int, float))]
         if tested:
             any_test = True
-            ax.plot([c["macs"] / 1e6 for c in tested], [100 * c["test_top1"] for c in tested],
-                    linestyle="none", marker="x", markersize=4, color=st.colour)
-        all_macs += [c["macs"] for c in evaluated + front]
+            ax.plot(
+                [c["macs"] / scale for c in tested],
+                [100 * c["test_top1"] for c in tested],
+                linestyle="none",
+                marker="x",
+                markersize=4,
+                color=st.colour,
+            )
     positive = [m for m in all_macs if m > 0]
     if positive and max(positive) / min(positive) > 20:
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     handles, labels = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], linestyle="none", marker="o", markersize=4, alpha=0.4, color="grey"))
     labels.append("evaluated sub-networks")
@@ -268,7 +334,7 @@ def accuracy_figure(searches: Sequence[tuple[SearchInfo, Style]], notes: list[st
         handles.append(Line2D([], [], linestyle="none", marker="x", color="grey"))
         labels.append("test top-1 of front members")
     ax.legend(handles, labels, fontsize=8, loc="lower right")
-    ax.set_xlabel("MMACs")
+    ax.set_xlabel(f"{unit}MACs")
     ax.set_ylabel("val top-1 (%)")
     ax.set_title("Accuracy vs MACs: evaluated sub-networks and Pareto fronts")
     ax.grid(alpha=0.3)
@@ -276,30 +342,37 @@ def accuracy_figure(searches: Sequence[tuple[SearchInfo, Style]], notes: list[st
 
 
 def _series(records: list[dict[str, Any]], x: str, y: str) -> tuple[list[float], list[float]]:
-    """x, y of records; missing or null y becomes NaN so the line shows a gap."""
-    xs, ys = [], []
-    for r in records:
-        if isinstance(r.get(x), (int, float)):
-            xs.append(r[x])
-            ys.append(r[y] if isinstance(r.get(y), (int, float)) else math.nan)
-    return xs, ys
+    """x, y of the records that have both (a null loss marks a skipped non-finite step)."""
+    pairs = [
+        (r[x], r[y])
+        for r in records
+        if isinstance(r.get(x), (int, float)) and isinstance(r.get(y), (int, float))
+    ]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def curves_figure(runs: Sequence[tuple[RunInfo, Style]], notes: list[str]) -> Figure | None:
     """Val top-1 of the smallest and largest sub-networks per epoch, and training loss per step, per run."""
     if not any(r.train or r.evals for r, _ in runs):
+        notes.extend(f"Run {r.name} has no training records yet; it has no curves." for r, _ in runs)
         return None
     fig = _new_figure(12, 4.8)
     acc, loss = fig.subplots(1, 2)
     for r, st in runs:
         if not r.evals:
-            notes.append(f"Run {r.name} has no evaluation records (per-epoch evaluation off, or stopped before "
-                         "an epoch ended); its accuracy curves are not shown.")
+            notes.append(
+                f"Run {r.name} has no evaluation records (per-epoch evaluation off, or stopped before "
+                "an epoch ended); its accuracy curves are not shown."
+            )
             continue
         epochs, largest = _series(r.evals, "epoch", "largest_top1")
-        _, smallest = _series(r.evals, "epoch", "smallest_top1")
-        acc.plot(epochs, [100 * v for v in largest], color=st.colour, marker="o", markersize=3, label=st.label)
-        acc.plot(epochs, [100 * v for v in smallest], color=st.colour, marker="o", markersize=3, linestyle="--")
+        acc.plot(
+            epochs, [100 * v for v in largest], color=st.colour, marker="o", markersize=3, label=st.label
+        )
+        epochs, smallest = _series(r.evals, "epoch", "smallest_top1")
+        acc.plot(
+            epochs, [100 * v for v in smallest], color=st.colour, marker="o", markersize=3, linestyle="--"
+        )
     if any(r.evals for r, _ in runs):
         handles, labels = acc.get_legend_handles_labels()
         handles += [Line2D([], [], color="black"), Line2D([], [], color="black", linestyle="--")]
@@ -307,6 +380,7 @@ def curves_figure(runs: Sequence[tuple[RunInfo, Style]], notes: list[str]) -> Fi
         acc.legend(handles, labels, fontsize=8)
     else:
         acc.text(0.5, 0.5, "no evaluation records", ha="center", va="center", transform=acc.transAxes)
+    acc.xaxis.set_major_locator(MaxNLocator(integer=True))
     acc.set(xlabel="epoch", ylabel="val top-1 (%)", title="Val accuracy of the smallest and largest networks")
     acc.grid(alpha=0.3)
     for r, st in runs:
@@ -314,11 +388,15 @@ def curves_figure(runs: Sequence[tuple[RunInfo, Style]], notes: list[str]) -> Fi
             notes.append(f"Run {r.name} has no training records yet; its loss curve is not shown.")
             continue
         steps, full = _series(r.train, "step", "loss_full")
-        if all(math.isnan(v) for v in full):  # samplers that skip the largest network log only the mean loss
+        if not full:  # samplers that skip the largest network log only the mean loss
             steps, full = _series(r.train, "step", "loss")
-            notes.append(f"Run {r.name} logs no largest-network loss; its loss curve is the mean over sub-networks.")
+            notes.append(
+                f"Run {r.name} logs no largest-network loss; its loss curve is the mean over sub-networks."
+            )
         loss.plot(steps, full, color=st.colour, linewidth=1, label=st.label)
-    if not any(r.train for r, _ in runs):
+    if any(r.train for r, _ in runs):
+        loss.legend(fontsize=8)
+    else:
         loss.text(0.5, 0.5, "no training records", ha="center", va="center", transform=loss.transAxes)
     loss.set(xlabel="step", ylabel="loss", title="Training loss of the largest network")
     loss.grid(alpha=0.3)
@@ -339,7 +417,7 @@ def cost_figure(runs: Sequence[tuple[RunInfo, Style]], notes: list[str]) -> Figu
             costed.append((r, st))
     if not costed:
         return None
-    fig = _new_figure(max(6.0, 1.6 * len(costed) + 3), 4.2)
+    fig = _new_figure(max(9.0, 1.8 * len(costed) + 4), 4.2)
     wall, macs = fig.subplots(1, 2)
     names = [r.name for r, _ in costed]
     colours = [st.colour for _, st in costed]
@@ -347,8 +425,9 @@ def cost_figure(runs: Sequence[tuple[RunInfo, Style]], notes: list[str]) -> Figu
     wall.bar(names, [(r.latest("wall_time") or 0.0) / scale for r, _ in costed], color=colours)
     wall.set(ylabel=f"wall time ({unit})", title="Training wall time")
     macs.bar(names, [(r.latest("train_macs") or 0.0) / 1e12 for r, _ in costed], color=colours)
-    macs.set(ylabel="TMACs", title="Training MACs (forward+backward, all sub-networks)")
+    macs.set(ylabel="TMACs", title="Training MACs (forward + backward)")
     for ax in (wall, macs):
+        ax.bar_label(ax.containers[0], fmt="%.3g", fontsize=8)
         ax.tick_params(axis="x", labelrotation=20 if len(costed) > 3 else 0, labelsize=8)
         ax.grid(axis="y", alpha=0.3)
     return fig
@@ -370,9 +449,11 @@ def _pct(value: Any) -> str:
 
 
 def _macs(value: Any) -> str:
+    """A MACs or parameter count with a K, M or G prefix."""
     if not isinstance(value, (int, float)):
         return _MISSING
-    return f"{value / 1e9:.3g} G" if value >= 1e9 else f"{value / 1e6:.4g} M"
+    scale, unit = _macs_unit(value)
+    return f"{value / scale:.4g} {unit}"
 
 
 def _duration(seconds: float | None) -> str:
@@ -404,30 +485,71 @@ def _runs_html(runs: list[RunInfo]) -> str:
         epoch = max((x.get("epoch", 0) for x in r.train + r.evals), default=None)
         tmacs = r.latest("train_macs")
         recipe = r.recipe or ("?",) * 4
-        rows.append([_e(r.name), *map(_e, recipe), _e(_MISSING if epoch is None else epoch),
-                     _e(_MISSING if steps is None else steps), _e(_duration(r.latest("wall_time"))),
-                     _e(_MISSING if tmacs is None else f"{tmacs / 1e12:.3g}"),
-                     _pct(last.get("smallest_top1")), _pct(last.get("largest_top1"))])
-    header = ["run", "sampler", "teacher", "divergence", "schedule", "epochs", "steps", "wall time",
-              "training TMACs", "smallest val top-1", "largest val top-1"]
+        rows.append(
+            [
+                _e(r.name),
+                *map(_e, recipe),
+                _e(_MISSING if epoch is None else epoch),
+                _e(_MISSING if steps is None else steps),
+                _e(_duration(r.latest("wall_time"))),
+                _e(_MISSING if tmacs is None else f"{tmacs / 1e12:.3g}"),
+                _pct(last.get("smallest_top1")),
+                _pct(last.get("largest_top1")),
+            ]
+        )
+    header = [
+        "run",
+        "sampler",
+        "teacher",
+        "divergence",
+        "schedule",
+        "epochs",
+        "steps",
+        "wall time",
+        "training TMACs",
+        "smallest val top-1",
+        "largest val top-1",
+    ]
     return _table(header, rows)
 
 
 def _searches_html(searches: list[SearchInfo], styles: list[Style]) -> str:
     rows = []
-    for s, st in zip(searches, styles):
+    for s, st in zip(searches, styles, strict=True):
         d, meta = s.data, s.data.get("search") or {}
-        rows.append([_e(s.name), _e(st.label), _pct(d["mean_pareto_accuracy"]), _e(len(d["front"])),
-                     _e(meta.get("evaluations", len(d["evaluated"]))), _e(_duration(meta.get("wall_time"))),
-                     _pct((d.get("smallest") or {}).get("val_top1")), _pct((d.get("largest") or {}).get("val_top1"))])
-    return _table(["search", "run: recipe", "mean Pareto accuracy", "front size", "evaluations", "search time",
-                   "smallest val top-1", "largest val top-1"], rows)
+        rows.append(
+            [
+                _e(s.name),
+                _e(st.label),
+                _pct(d["mean_pareto_accuracy"]),
+                _e(len(d["front"])),
+                _e(meta.get("evaluations", len(d["evaluated"]))),
+                _e(_duration(meta.get("wall_time"))),
+                _pct((d.get("smallest") or {}).get("val_top1")),
+                _pct((d.get("largest") or {}).get("val_top1")),
+            ]
+        )
+    return _table(
+        [
+            "search",
+            "run: recipe",
+            "mean Pareto accuracy",
+            "front size",
+            "evaluations",
+            "search time",
+            "smallest val top-1",
+            "largest val top-1",
+        ],
+        rows,
+    )
 
 
 def _candidate_cells(c: dict[str, Any] | None, latency: bool) -> list[str]:
     c = c or {}
-    cells = [_e(_macs(c.get("macs"))), _e(f"{c['params'] / 1e6:.3g} M" if isinstance(c.get("params"), (int, float))
-                                          else _MISSING)]
+    cells = [
+        _e(_macs(c.get("macs"))),
+        _e(_macs(c.get("params"))),
+    ]
     if latency:
         ms = c.get("latency_ms")
         cells.append(_e(f"{ms:.3g} ms" if isinstance(ms, (int, float)) else _MISSING))
@@ -442,26 +564,44 @@ def _search_html(s: SearchInfo, style: Style) -> str:
     has_test = any(isinstance(c.get("test_top1"), (int, float)) for c in members)
     cand_header = ["MACs", "params"] + (["latency"] if latency else []) + ["val top-1", "test top-1", "arch"]
     meta = d.get("search") or {}
-    facts = [("run", d.get("run_dir", _MISSING)), ("checkpoint", d.get("checkpoint", _MISSING)),
-             ("space", d.get("space", _MISSING)), ("cost", d.get("cost", _MISSING)),
-             ("constraints", ", ".join(map(str, d.get("constraints") or [])) or "none"),
-             ("evaluations", meta.get("evaluations", _MISSING)), ("generations", meta.get("generations", _MISSING)),
-             ("search time", _duration(meta.get("wall_time"))),
-             ("predictor", json.dumps(meta["predictor"], sort_keys=True) if meta.get("predictor") else "none")]
-    parts = [f"<h3>Search {_e(s.name)} <small>({_e(style.label)})</small></h3>",
-             f"<p class=\"mpa\">Mean Pareto accuracy: <strong>{_pct(d['mean_pareto_accuracy'])}</strong></p>",
-             "<ul class=\"facts\">" + "".join(f"<li>{_e(k)}: {_e(v)}</li>" for k, v in facts) + "</ul>"]
+    facts = [
+        ("run", d.get("run_dir", _MISSING)),
+        ("checkpoint", d.get("checkpoint", _MISSING)),
+        ("space", d.get("space", _MISSING)),
+        ("cost", d.get("cost", _MISSING)),
+        ("constraints", ", ".join(map(str, d.get("constraints") or [])) or "none"),
+        ("evaluations", meta.get("evaluations", _MISSING)),
+        ("generations", meta.get("generations", _MISSING)),
+        ("search time", _duration(meta.get("wall_time"))),
+        ("predictor", json.dumps(meta["predictor"], sort_keys=True) if meta.get("predictor") else "none"),
+    ]
+    parts = [
+        f"<h3>Search {_e(s.name)} <small>({_e(style.label)})</small></h3>",
+        f'<p class="mpa">Mean Pareto accuracy: <strong>{_pct(d["mean_pareto_accuracy"])}</strong></p>',
+        '<ul class="facts">' + "".join(f"<li>{_e(k)}: {_e(v)}</li>" for k, v in facts) + "</ul>",
+    ]
     if not has_test:
-        parts.append("<p class=\"note\">This search measured no test accuracy; test columns show —.</p>")
+        parts.append('<p class="note">This search measured no test accuracy; test columns show —.</p>')
     buckets = []
     for i, b in enumerate(d["buckets"]):
-        cells = _candidate_cells(b.get("best"), latency) if b.get("best") else [_MISSING] * len(cand_header)
+        empty = [_e("no sub-network in range")] + [""] * (len(cand_header) - 1)
+        cells = _candidate_cells(b["best"], latency) if b.get("best") else empty
         buckets.append([_e(i + 1), _e(f"{_macs(b.get('low'))} – {_macs(b.get('high'))}"), *cells])
-    parts += ["<h4>Best sub-network per MACs bucket</h4>",
-              _table(["#", "MACs range", *cand_header], buckets) if buckets else "<p class=\"note\">No buckets.</p>"]
-    budgets = [[_e(b.get("budget", _MISSING)), *(_candidate_cells(b["best"], latency) if b.get("best")
-                                                  else [_e("none meets the budget")] + [""] * (len(cand_header) - 1))]
-               for b in d.get("budgets") or []]
+    parts += [
+        "<h4>Best sub-network per MACs bucket</h4>",
+        _table(["#", "MACs range", *cand_header], buckets) if buckets else '<p class="note">No buckets.</p>',
+    ]
+    budgets = [
+        [
+            _e(b.get("budget", _MISSING)),
+            *(
+                _candidate_cells(b["best"], latency)
+                if b.get("best")
+                else [_e("none meets the budget")] + [""] * (len(cand_header) - 1)
+            ),
+        ]
+        for b in d.get("budgets") or []
+    ]
     if budgets:
         parts += ["<h4>Budgets</h4>", _table(["budget", *cand_header], budgets)]
     ends = [[_e(k), *_candidate_cells(d.get(k), latency)] for k in ("smallest", "largest") if d.get(k)]
@@ -477,44 +617,75 @@ th{background:#f3f3f3}code{font-size:.8em;word-break:break-all}img{max-width:100
 .note{color:#8a5a00}figure{margin:1em 0}figcaption{font-size:.9em;color:#555}"""
 
 _CAPTIONS = {
-    ACCURACY_PLOT: "Val top-1 vs MACs: faint points are every evaluated sub-network, step lines the Pareto fronts "
-                   "(× marks test top-1 of front members where measured).",
+    ACCURACY_PLOT: "Val top-1 vs MACs: faint points are every evaluated sub-network, step lines the "
+    "Pareto fronts (× marks test top-1 of front members where measured).",
     CURVES_PLOT: "Left: val top-1 of the largest (solid) and smallest (dashed) sub-networks per epoch. "
-                 "Right: training loss of the largest sub-network per step.",
+    "Right: training loss of the largest sub-network per step.",
     COST_PLOT: "Training cost per run: wall time and training MACs.",
 }
 
 
-def render_html(title: str, runs: list[RunInfo], searches: list[SearchInfo], search_styles: list[Style],
-                plots: list[str], notes: list[str]) -> str:
+def render_html(
+    title: str,
+    runs: list[RunInfo],
+    searches: list[SearchInfo],
+    search_styles: list[Style],
+    plots: list[str],
+    notes: list[str],
+) -> str:
     """The self-contained report page (no scripts, no external resources); all inserted text is escaped."""
-    parts = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">", f"<title>{_e(title)}</title>",
-             f"<style>{_CSS}</style></head><body>", f"<h1>{_e(title)}</h1>"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{_e(title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+    ]
     parts.append("<h2>Training runs</h2>")
-    parts.append(_runs_html(runs) if runs else "<p class=\"note\">No training run given.</p>")
+    parts.append(_runs_html(runs) if runs else '<p class="note">No training run given.</p>')
     if searches:
         parts += ["<h2>Searches</h2>", _searches_html(searches, search_styles)]
     else:
-        parts.append("<p class=\"note\">No search given: pass search directories (from `supernet search`) "
-                     "for accuracy-vs-MACs fronts and bucket tables.</p>")
+        parts.append(
+            '<p class="note">No search given: pass search directories (from `supernet search`) '
+            "for accuracy-vs-MACs fronts and bucket tables.</p>"
+        )
     if plots:
         parts.append("<h2>Plots</h2>")
     for name in plots:
-        parts.append(f"<figure><img src=\"{_e(name)}\" alt=\"{_e(name)}\">"
-                     f"<figcaption>{_e(_CAPTIONS.get(name, name))}</figcaption></figure>")
+        parts.append(
+            f'<figure><img src="{_e(name)}" alt="{_e(name)}">'
+            f"<figcaption>{_e(_CAPTIONS.get(name, name))}</figcaption></figure>"
+        )
     if searches:
         parts.append("<h2>Search details</h2>")
-        parts += [_search_html(s, st) for s, st in zip(searches, search_styles)]
+        parts += [_search_html(s, st) for s, st in zip(searches, search_styles, strict=True)]
     if notes:
-        parts += ["<h2>Notes</h2>", "<ul>" + "".join(f"<li class=\"note\">{_e(n)}</li>" for n in notes) + "</ul>"]
+        parts += [
+            "<h2>Notes</h2>",
+            "<ul>" + "".join(f'<li class="note">{_e(n)}</li>' for n in notes) + "</ul>",
+        ]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
-def write_report(run_dirs: list[Path], search_dirs: list[Path], out: Path, *, title: str | None = None) -> Path:
-    """Write index.html and the PNG plots comparing runs and searches into `out`; return the index.html path."""
-    runs = [load_run(p) for p in run_dirs]
-    searches = [load_search(p) for p in search_dirs]
+def _distinct(paths: Sequence[str | Path]) -> list[Path]:
+    """Paths in order with repeats of the same directory dropped."""
+    seen, out = set(), []
+    for p in map(Path, paths):
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def write_report(
+    run_dirs: list[Path], search_dirs: list[Path], out: Path, *, title: str | None = None
+) -> Path:
+    """Write index.html and PNG plots comparing runs and searches into `out`; return the index.html path."""
+    runs = [load_run(p) for p in _distinct(run_dirs)]
+    searches = [load_search(p) for p in _distinct(search_dirs)]
     if not runs and not searches:
         raise ReportError("nothing to report: give at least one run directory or search directory")
     out = Path(out)
@@ -525,9 +696,9 @@ def write_report(run_dirs: list[Path], search_dirs: list[Path], out: Path, *, ti
     runs = _unique_names(runs)
     run_styles, search_styles = _styles(runs, searches, owners)
     figures = {
-        ACCURACY_PLOT: accuracy_figure(list(zip(searches, search_styles)), notes) if searches else None,
-        CURVES_PLOT: curves_figure(list(zip(runs, run_styles)), notes),
-        COST_PLOT: cost_figure(list(zip(runs, run_styles)), notes),
+        ACCURACY_PLOT: accuracy_figure(list(zip(searches, search_styles, strict=True)), notes),
+        CURVES_PLOT: curves_figure(list(zip(runs, run_styles, strict=True)), notes),
+        COST_PLOT: cost_figure(list(zip(runs, run_styles, strict=True)), notes),
     }
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -21,7 +21,7 @@ from .datasets import (
     subset,
 )
 from .formats import DatasetError
-from .loader import Loader, batches
+from .loader import Loader
 from .seeds import derive_seed
 
 __all__ = [
@@ -34,7 +34,6 @@ __all__ = [
     "PadCropFlip",
     "ResizedCropFlip",
     "TensorImageDataset",
-    "batches",
     "build_data",
     "derive_seed",
     "resize_batch",

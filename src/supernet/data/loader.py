@@ -119,36 +119,6 @@ class Loader:
             yield dataset.normalizer(images), labels
 
 
-def batches(
-    dataset: Dataset,
-    batch_size: int,
-    *,
-    seed: int,
-    epoch: int,
-    shuffle: bool,
-    augment: bool,
-    start_step: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    drop_last: bool = True,
-    num_workers: int = 0,
-) -> Loader:
-    """Shorthand for `Loader(...)`: the resumable batches of one epoch for one rank."""
-    return Loader(
-        dataset,
-        batch_size,
-        seed=seed,
-        epoch=epoch,
-        shuffle=shuffle,
-        augment=augment,
-        start_step=start_step,
-        rank=rank,
-        world_size=world_size,
-        drop_last=drop_last,
-        num_workers=num_workers,
-    )
-
-
 class _DecodeTasks:
     """Batch sampler of (item index, augmentation seed or None) lists, one list per remaining step."""
 
