@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,17 @@ from training_helpers import quick_config, small_data
 OVERRIDES = ["train.epochs=1", "train.eval_every_epochs=0", "train.sync_bn=true", "optim.lr=0.8"]
 
 
+def spawn(fn, args: tuple, nprocs: int = 2, deadline_s: float = 240.0) -> None:
+    """mp.spawn with a deadline: a hung collective fails the test instead of stalling the suite."""
+    context = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    end = time.monotonic() + deadline_s
+    while not context.join(timeout=5):
+        if time.monotonic() > end:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"{nprocs} processes did not finish within {deadline_s:.0f} s")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -29,6 +41,7 @@ def _worker(rank: int, world: int, port: int, out: str, recipe: str, steps: int,
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     ctx = init_from_env("cpu")
+    trainer = None
     try:
         config = quick_config(recipe, *OVERRIDES, f"data.batch_size={batch}")
         trainer = Trainer(config, Path(out) / "run", data=small_data(), progress=False, dist=ctx)
@@ -36,6 +49,8 @@ def _worker(rank: int, world: int, port: int, out: str, recipe: str, steps: int,
         if rank == 0:
             torch.save(trainer.net.state_dict(), Path(out) / "weights.pt")
     finally:
+        if trainer is not None:
+            trainer.close()
         shutdown(ctx)
 
 
@@ -57,7 +72,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, recipe: st
     single = Trainer(quick_config(recipe, *OVERRIDES, "data.batch_size=32"), tmp_path / "single",
                      data=small_data(), progress=False)
     single.run(until_step=steps)
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), recipe, steps, 16), nprocs=2, join=True)
+    spawn(_worker, (2, free_port(), str(tmp_path), recipe, steps, 16))
     multi = torch.load(tmp_path / "weights.pt", weights_only=True)
     ref = single.net.state_dict()
     for key, value in ref.items():
@@ -72,7 +87,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, recipe: st
 
 def test_resume_with_another_number_of_processes(tmp_path) -> None:
     small_data()
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), "alphanet.yaml", 3, 16), nprocs=2, join=True)
+    spawn(_worker, (2, free_port(), str(tmp_path), "alphanet.yaml", 3, 16))
     resumed = Trainer(None, tmp_path / "run", resume=True, data=small_data(), progress=False)
     assert resumed.config.data.batch_size == 32 and resumed.global_step == 3  # same global batch on 1 process
     resumed.run(until_step=6)
@@ -115,14 +130,14 @@ def test_two_process_search_finds_the_same_front(tmp_path) -> None:
     single = run_search(opened, single_out, settings=SearchSettings(**SEARCH), progress=False)
     multi_out = tmp_path / "multi"
     multi_out.mkdir()
-    mp.spawn(_search_worker, args=(2, free_port(), str(tmp_path / "run"), str(multi_out)), nprocs=2, join=True)
+    spawn(_search_worker, (2, free_port(), str(tmp_path / "run"), str(multi_out)))
     multi = json.loads((multi_out / "front.json").read_text())
     assert multi["front"] == single["front"] and multi["evaluated"] == single["evaluated"]
     assert multi["search"]["evaluations"] == single["search"]["evaluations"] > SEARCH["population"]
 
 
 def test_rank_mismatch_raises() -> None:
-    mp.spawn(_mismatch_worker, args=(2, free_port()), nprocs=2, join=True)
+    spawn(_mismatch_worker, (2, free_port()))
 
 
 def test_single_process_context_is_a_no_op() -> None:

@@ -41,6 +41,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("give a recipe (e.g. configs/alphanet.yaml) or --resume RUN_DIR")
     config = None if args.resume else load_config(args.config, args.overrides)
     ctx = init_from_env()
+    trainer = None
     try:
         if args.resume:
             trainer = Trainer(None, args.resume, resume=True, progress=not args.no_progress, dist=ctx)
@@ -54,6 +55,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"supernet train: stopped: {err}", file=sys.stderr)
         return 3
     finally:
+        if trainer is not None:
+            trainer.close()
         shutdown(ctx)
     if not ctx.is_main:
         return 0

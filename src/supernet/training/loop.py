@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import random
 import time
 from collections.abc import Iterator
@@ -194,6 +195,12 @@ class Trainer:
             barrier(self.dist)
         self.log = MetricsLog(self.run_dir, truncate_after=self.global_step if resume else None,
                               enabled=self.dist.is_main)
+
+    def close(self) -> None:
+        """Release the DistributedDataParallel wrapper; call before destroying the process group."""
+        if self.ddp is not None:
+            self.ddp = None
+            gc.collect()  # its reducer must go while the process group still exists
 
     # -- construction helpers ------------------------------------------------------------------------
     def _build_teacher(self) -> Teacher:
