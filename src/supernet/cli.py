@@ -139,8 +139,7 @@ def _print_front(report: dict) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from supernet.export import export_subnet, verify_onnx
-    from supernet.search.job import open_run
+    from supernet.search.job import best_under, deliver, open_run
     from supernet.search.objectives import Constraint
     from supernet.search.pareto import Candidate
 
@@ -158,28 +157,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
         front_path = Path(args.from_front) / "front.json"
         if not front_path.is_file():
             raise FileNotFoundError(f"{front_path} not found; run `supernet search {args.run_dir} --out {args.from_front}`")
-        front = [Candidate.from_dict(c) for c in json.loads(front_path.read_text())["front"]]
-        fitting = [c for c in front if budget.admits(c.cost(budget.metric))] if budget.metric != "latency" else []
-        if not fitting:
+        best = best_under([Candidate.from_dict(c) for c in json.loads(front_path.read_text())["front"]], budget)
+        if best is None:
             raise ConfigError(f"no front member of {front_path} satisfies {budget}; relax the budget")
-        arch = opened.run.space.validate(max(fitting, key=lambda c: c.val_top1).arch)
-    ev, data = opened.evaluator, opened.data
-    val = ev.evaluate(arch, "val") if data.val is not None else None
-    test = ev.evaluate(arch, "test")
-    card = {"source": str(args.run_dir), "checkpoint_id": opened.run.checkpoint_id, "dataset": data.name,
-            "test": test, "mean": data.train.normalizer.mean, "std": data.train.normalizer.std}
-    if val is not None:
-        card["val"] = val
-    if budget is not None:
-        card["budget"] = str(budget)
-    export_subnet(ev.extract(arch), opened.run.space, arch, opened.run.num_classes, opened.run.in_channels,
-                  Path(args.out), card=card, weights_format=args.weights, onnx=not args.no_onnx,
-                  overwrite=args.overwrite)
-    diff = None if args.no_onnx else verify_onnx(Path(args.out))
+        arch = opened.run.space.validate(best.arch)
+    done = deliver(opened, arch, Path(args.out), budget=budget, weights_format=args.weights, onnx=not args.no_onnx,
+                   overwrite=args.overwrite)
     c = cost(opened.run.space, arch, opened.run.num_classes, opened.run.in_channels)
     print(f"exported to {args.out}: {c.macs / 1e6:.2f} MMACs, {c.params / 1e6:.3f} M params, "
-          + (f"val top-1 {val.top1:.2%}, " if val else "") + f"test top-1 {test.top1:.2%}"
-          + ("" if diff is None else f"; ONNX max |diff| {diff:.1e}"))
+          + (f"val top-1 {done.val.top1:.2%}, " if done.val else "") + f"test top-1 {done.test.top1:.2%}"
+          + ("" if done.onnx_diff is None else f"; ONNX max |diff| {done.onnx_diff:.1e}"))
     return 0
 
 

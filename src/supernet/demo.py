@@ -6,9 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from supernet.export import export_subnet, verify_onnx
 from supernet.search.evolution import SearchSettings
-from supernet.search.job import open_run, run_search
+from supernet.search.job import best_under, deliver, open_run, run_search
 from supernet.search.objectives import Constraint
 from supernet.search.pareto import Candidate
 from supernet.training.config import load_config
@@ -56,21 +55,13 @@ def run_demo(out: Path, *, recipe: Path | None = None, overrides: list[str] | No
     rows = []
     for text in budgets:
         budget = Constraint.parse(text)
-        fitting = [c for c in front if budget.admits(c.macs)]
-        if not fitting:
+        best = best_under(front, budget)
+        if best is None:
             print(f"[demo] no front member satisfies {budget}; skipped")
             continue
-        best = max(fitting, key=lambda c: c.val_top1)
         target = out / "export" / str(budget).replace("<=", "_le_").replace(".", "p")
-        val, test = opened.evaluator.evaluate(best.arch, "val"), opened.evaluator.evaluate(best.arch, "test")
-        data = opened.data
-        export_subnet(opened.evaluator.extract(best.arch), opened.run.space, best.arch, opened.run.num_classes,
-                      opened.run.in_channels, target, overwrite=True,
-                      card={"source": str(run_dir), "checkpoint_id": opened.run.checkpoint_id, "dataset": data.name,
-                            "budget": str(budget), "val": val, "test": test,
-                            "mean": data.train.normalizer.mean, "std": data.train.normalizer.std})
-        verify_onnx(target)
-        rows.append(DemoRow(str(budget), best.macs, val.top1, test.top1, target))
+        done = deliver(opened, best.arch, target, budget=budget, overwrite=True)
+        rows.append(DemoRow(str(budget), best.macs, done.val.top1, done.test.top1, target))
     from supernet.report import write_report
 
     index = write_report([run_dir], [search_dir], report_dir, title="supernet demo: DepS + adaptive alpha on Fashion-MNIST")

@@ -11,7 +11,7 @@ from typing import Any
 
 from supernet.data import DataBundle, build_data
 from supernet.distributed import SINGLE, DistContext, sharded_map
-from supernet.export import LoadedRun, load_supernet
+from supernet.export import LoadedRun, export_subnet, load_supernet, verify_onnx
 from supernet.fileio import atomic_write_text
 from supernet.search.evaluate import EvalResult, Evaluator
 from supernet.search.evolution import SearchSettings, budget_search, evolutionary_search
@@ -75,6 +75,43 @@ def open_run(
         cache_path=cache_path if dist.is_main else None,
     )
     return OpenRun(run, data, evaluator, Path(run_dir))
+
+
+def best_under(front: Sequence[Candidate], budget: Constraint) -> Candidate | None:
+    """The most accurate front member satisfying a MACs or params budget (None when none fits).
+
+    Latency budgets match nothing here: front members carry a latency only when the search measured one.
+    """
+    if budget.metric == "latency":
+        return None
+    fitting = [c for c in front if budget.admits(c.cost(budget.metric))]
+    return max(fitting, key=lambda c: c.val_top1) if fitting else None
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """An exported sub-network's accuracies (val is None without a val split) and ONNX check."""
+
+    val: EvalResult | None
+    test: EvalResult
+    onnx_diff: float | None
+
+
+def deliver(opened: OpenRun, arch: Arch, out_dir: Path, *, budget: Constraint | None = None,
+            weights_format: str = "safetensors", onnx: bool = True, overwrite: bool = False) -> Delivered:
+    """Export `arch` with recalibrated BN statistics and a model card of its val/test accuracy; check the ONNX."""
+    ev, data = opened.evaluator, opened.data
+    val = ev.evaluate(arch, "val") if data.val is not None else None
+    test = ev.evaluate(arch, "test")
+    card = {"source": str(opened.source), "checkpoint_id": opened.run.checkpoint_id, "dataset": data.name,
+            "test": test, "mean": data.train.normalizer.mean, "std": data.train.normalizer.std}
+    if val is not None:
+        card["val"] = val
+    if budget is not None:
+        card["budget"] = str(budget)
+    export_subnet(ev.extract(arch), opened.run.space, arch, opened.run.num_classes, opened.run.in_channels, out_dir,
+                  card=card, weights_format=weights_format, onnx=onnx, overwrite=overwrite)
+    return Delivered(val, test, verify_onnx(out_dir) if onnx else None)
 
 
 def _evaluate_many(opened: OpenRun, archs: Sequence[Arch], split: str, dist: DistContext) -> list[EvalResult]:
