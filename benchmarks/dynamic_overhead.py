@@ -4,7 +4,7 @@ One train step = forward, cross-entropy, backward, SGD step. The two variants al
 over many rounds and the median of the per-round ratios is printed, so machine noise hits both.
 Goal (issue #2): ratio <= 1.05 for alphanet A0 at batch 32 and fmnist largest/smallest at batch 256.
 
-    python benchmarks/dynamic_overhead.py [--rounds 15] [--threads 2]
+    python benchmarks/dynamic_overhead.py [--rounds 30] [--threads 2] [--system-malloc]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from supernet import Supernet, spaces
+from supernet.allocator import retain_freed_memory
 from supernet.cost import macs
 
 A0 = {
@@ -76,15 +77,20 @@ def measure(space_name: str, which: str, batch: int, rounds: int, num_classes: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave glibc malloc at its defaults (the supernet command's --system-malloc)")
     args = parser.parse_args()
+    if not args.system_malloc:
+        retain_freed_memory()
     torch.set_num_threads(args.threads)
     cases = [("alphanet", "A0", 32, 1000, False), ("fmnist", "largest", 256, 10, False),
              ("fmnist", "smallest", 256, 10, False), ("fmnist", "largest", 256, 10, True),
              ("fmnist", "smallest", 256, 10, True)]
+    malloc = "system malloc" if args.system_malloc else "malloc keeping freed memory (the CLI's default)"
     print(f"dynamic overhead: supernet vs extracted train step, {args.rounds} interleaved rounds, "
-          f"{args.threads} threads, torch {torch.__version__}")
+          f"{args.threads} threads, {malloc}, torch {torch.__version__}")
     print(f"{'case':<33} {'MMACs':>8} {'supernet ms':>12} {'extracted ms':>13} {'median ratio':>13}")
     for space_name, which, batch, num_classes, channels_last in cases:
         r = measure(space_name, which, batch, args.rounds, num_classes, channels_last)

@@ -4,7 +4,7 @@ without the accuracy predictor (their mean Pareto accuracy compared).
 Needs a trained run (default: the demo's, `make demo` writes runs/demo/run). Each evaluation is BN
 recalibration on `--recal-images` training images plus accuracy on the 5000-image val split.
 
-    python benchmarks/search_speed.py [RUN_DIR] [--threads 2] [--full]
+    python benchmarks/search_speed.py [RUN_DIR] [--threads 2] [--full] [--only with|without]
 
 Without --full the two searches use a reduced schedule (population 64, 3 generations of 32+32
 children) so the script ends in minutes; --full runs the default search (512 + 20 x 256 children)
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from supernet.allocator import retain_freed_memory
 from supernet.search.evolution import SearchSettings
 from supernet.search.job import open_run, run_search
 
@@ -50,10 +51,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", nargs="?", default="runs/demo/run")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave glibc malloc at its defaults (the supernet command's --system-malloc)")
     parser.add_argument("--recal-images", type=int, default=1024)
     parser.add_argument("--full", action="store_true", help="the default search (512 + 20 x 256)")
-    parser.add_argument("--predictor-only", action="store_true", help="skip the search without the predictor")
+    parser.add_argument("--only", choices=["with", "without"], help="run only the search with (or without) the predictor")
     args = parser.parse_args()
+    if not args.system_malloc:
+        retain_freed_memory()
     torch.set_num_threads(args.threads)
     run_dir = Path(args.run_dir)
     if not (run_dir / "checkpoints" / "latest.pt").is_file():
@@ -69,7 +74,9 @@ def main() -> None:
     screened = SearchSettings.from_dict({**base.to_dict(), "prescreen_keep": 16})
     results = {}
     runs = [("with predictor", screened, True), ("without predictor", plain, False)]
-    for label, settings, predictor in runs[:1] if args.predictor_only else runs:
+    for label, settings, predictor in runs:
+        if args.only and predictor != (args.only == "with"):
+            continue
         r = one_search(run_dir, settings, predictor, args.recal_images)
         results[label] = r
         tau = (r["search"]["predictor"] or {}).get("kendall_tau")

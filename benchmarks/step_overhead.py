@@ -29,6 +29,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from supernet.allocator import retain_freed_memory
 from supernet.data import resize_batch
 from supernet.distill import get_divergence
 from supernet.training.config import load_config
@@ -116,8 +117,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="leave glibc malloc at its defaults (the supernet command's --system-malloc)")
     parser.add_argument("--child", choices=["largest", "sandwich"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not args.system_malloc:
+        retain_freed_memory()
     if args.child:
         peak_memory_child(args.child, args.batch, args.threads)
         return
@@ -151,7 +156,8 @@ def main() -> None:
     growth = {}
     for which in ("largest", "sandwich"):
         out = subprocess.run([sys.executable, __file__, "--child", which, "--batch", str(args.batch),
-                              "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+                              "--threads", str(args.threads)] + (["--system-malloc"] if args.system_malloc else []),
+                             capture_output=True, text=True, check=True)
         growth[which] = json.loads(out.stdout.strip().splitlines()[-1])["growth"]
     print(f"  peak memory growth of one step: largest alone {growth['largest'] / 2**20:.1f} MiB, "
           f"4-network step {growth['sandwich'] / 2**20:.1f} MiB, ratio "

@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from supernet import spaces
+from supernet.allocator import retain_freed_memory
 from supernet.export import export_subnet, load_subnet, load_supernet, verify_onnx
 from supernet.model import Supernet
 from supernet.space import Arch, ArchError, SearchSpace, SpaceError
@@ -22,6 +23,7 @@ __all__ = [
     "export_subnet",
     "load_subnet",
     "load_supernet",
+    "retain_freed_memory",
     "spaces",
     "verify_onnx",
 ]

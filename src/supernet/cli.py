@@ -10,6 +10,7 @@ from pathlib import Path
 
 import supernet
 from supernet import spaces
+from supernet.allocator import retain_freed_memory
 from supernet.cost import cost
 from supernet.training.checkpoint import RunDirError
 from supernet.training.config import ConfigError, load_config
@@ -222,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"supernet {supernet.__version__}")
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave glibc malloc at its defaults; by default supernet makes it keep freed memory for reuse, "
+        "which avoids page faults and makes CPU training steps faster and no-grad evaluation about 2x faster",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     space = commands.add_parser(
@@ -380,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 2
+    if not args.system_malloc:
+        retain_freed_memory()
     try:
         return handler(args)
     except _user_errors() as err:

@@ -12,6 +12,7 @@ import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from supernet.nn.slicing import crop
 from supernet.space import se_width
 
 
@@ -28,10 +29,7 @@ class DynamicConv2d(nn.Module):
 
     def active_weight(self, in_channels: int, out_channels: int) -> Tensor:
         """The weight slice used for `in_channels` -> `out_channels`."""
-        w = self.weight
-        if out_channels != w.shape[0] or in_channels != w.shape[1]:
-            w = w[:out_channels, :in_channels]
-        return w
+        return crop(self.weight, (out_channels, in_channels))
 
     def active_bias(self, out_channels: int) -> Tensor | None:
         """The bias slice for `out_channels`, or None."""
@@ -66,12 +64,10 @@ class DynamicDepthwiseConv2d(nn.Module):
 
     def active_weight(self, channels: int, kernel: int) -> Tensor:
         """The (channels, 1, kernel, kernel) weight used for this choice."""
-        w = self.weight if channels == self.weight.shape[0] else self.weight[:channels]
-        if kernel == self.max_kernel:
-            return w
-        if not self.transforms:
+        if not self.transforms or kernel == self.max_kernel:
             start = (self.max_kernel - kernel) // 2
-            return w[:, :, start : start + kernel, start : start + kernel]
+            return crop(self.weight, (channels, 1, kernel, kernel), (0, 0, start, start))
+        w = self.weight if channels == self.weight.shape[0] else self.weight[:channels]
         for small in reversed(self.kernel_sizes):
             if small >= w.shape[-1]:
                 continue
@@ -150,9 +146,7 @@ class DynamicLinear(nn.Linear):
     """Linear layer whose input features follow the input."""
 
     def forward(self, x: Tensor) -> Tensor:
-        n = x.shape[1]
-        w = self.weight if n == self.in_features else self.weight[:, :n]
-        return F.linear(x, w, self.bias)
+        return F.linear(x, crop(self.weight, (self.out_features, x.shape[1])), self.bias)
 
     def copy_to(self, linear: nn.Linear) -> None:
         """Copy the active slice into a static Linear."""
