@@ -36,7 +36,7 @@ def test_freed_memory_is_reused_without_page_faults():
     assert minor_faults("retain") < pages // 50
 
 
-def test_the_command_retains_freed_memory_unless_told_not_to(monkeypatch, capsys):
+def test_the_command_retains_freed_memory_unless_told_not_to(monkeypatch):
     calls = []
     monkeypatch.setattr(cli, "retain_freed_memory", lambda: calls.append(1) or True)
     assert cli.main(["space", "fmnist"]) == 0

@@ -1,4 +1,4 @@
-"""Host-memory allocator setting that makes CPU training and evaluation about 2x less page-fault bound.
+"""Host-memory allocator setting that spares CPU training and evaluation most of their page faults.
 
 glibc's malloc serves large blocks (activations, gradients) with fresh `mmap` pages and hands them
 back on free, so every forward pass touches new pages and the kernel zero-fills each one: on the

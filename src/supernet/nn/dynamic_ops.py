@@ -67,7 +67,7 @@ class DynamicDepthwiseConv2d(nn.Module):
         if not self.transforms or kernel == self.max_kernel:
             start = (self.max_kernel - kernel) // 2
             return crop(self.weight, (channels, 1, kernel, kernel), (0, 0, start, start))
-        w = self.weight if channels == self.weight.shape[0] else self.weight[:channels]
+        w = crop(self.weight, (channels,))
         for small in reversed(self.kernel_sizes):
             if small >= w.shape[-1]:
                 continue

@@ -26,7 +26,7 @@ def crop(tensor: Tensor, sizes: Sequence[int], starts: Sequence[int] = ()) -> Te
     cropped = [d for d in range(len(shape)) if (starts[d], sizes[d]) != (0, shape[d])]
     if not cropped:
         return tensor
-    if len(cropped) == 1:
+    if len(cropped) == 1:  # a plain slice: the cheapest backward of all
         d = cropped[0]
         return tensor.narrow(d, starts[d], sizes[d])
     strides = tensor.stride()
