@@ -75,8 +75,10 @@ def test_train_pause_and_resume_from_the_cli(tmp_path, capsys: pytest.CaptureFix
     assert "--resume" in capsys.readouterr().err
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     assert "finished at step 8/8" in capsys.readouterr().out
-    assert main(["train", "--resume", str(out), "--set", "optim.lr=1"]) == 2
-    assert "drop CONFIG and --set" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out), "--set", "data.batch_size=8"]) == 2
+    assert "--set data.batch_size cannot change on --resume" in capsys.readouterr().err
+    assert main(["train", "configs/bignas.yaml", "--resume", str(out)]) == 2
+    assert "drop CONFIG" in capsys.readouterr().err
 
 
 def test_train_bad_config_is_one_line_error(tmp_path, capsys: pytest.CaptureFixture) -> None:

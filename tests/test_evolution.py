@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ from supernet.search.evolution import (
     select_parents,
 )
 from supernet.search.objectives import Constraint, ConstraintError, Objectives
-from supernet.search.pareto import mean_pareto_accuracy, pareto_front
+from supernet.search.pareto import Candidate, mean_pareto_accuracy, pareto_front
 from supernet.space import Arch, ArchError
 
 SPACE = spaces.get("fmnist")
@@ -313,22 +313,22 @@ def test_parents_are_the_best_of_each_bucket() -> None:
 
 
 def test_prescreen_keeps_what_the_hook_chooses() -> None:
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[int, int, int]] = []
 
-    def prescreen(children: list[Arch], k: int) -> list[Arch]:
-        seen.append((len(children), k))
+    def prescreen(children: list[Arch], k: int, evaluated: Sequence[Candidate]) -> list[Arch]:
+        seen.append((len(children), k, len(evaluated)))
         return sorted(children, key=synthetic_accuracy, reverse=True)[:k]
 
     keep = SearchSettings(**{**SMALL.to_dict(), "prescreen_keep": 5})
     evaluate = Recorder()
     result = evolutionary_search(SPACE, objectives(), evaluate, keep, progress=False, prescreen=prescreen)
-    assert seen == [(16, 5)] * 3
+    assert seen == [(16, 5, 24), (16, 5, 29), (16, 5, 34)]  # fit on everything evaluated before
     assert [len(call) for call in evaluate.calls] == [24, 5, 5, 5] and result.evaluations == 39
     with pytest.raises(SearchError, match="give both or neither"):
         evolutionary_search(SPACE, objectives(), Recorder(), keep, progress=False)
     with pytest.raises(SearchError, match="at most 5 distinct architectures taken from the 16 children"):
         evolutionary_search(
-            SPACE, objectives(), Recorder(), keep, progress=False, prescreen=lambda c, k: [SPACE.largest()]
+            SPACE, objectives(), Recorder(), keep, progress=False, prescreen=lambda c, k, e: [SPACE.largest()]
         )
 
 
@@ -360,7 +360,8 @@ def test_search_on_latency_with_a_progress_bar(capsys: pytest.CaptureFixture[str
     assert all(c.latency_ms is not None and c.latency_ms <= 4 for c in result.evaluated)
     assert result.front == pareto_front(result.evaluated, cost="latency")
     err = capsys.readouterr().err
-    assert "evolution" in err and "front=" in err and "evals=40" in err
+    assert "search" in err and "initial population 24/24" in err and "generation 1/1, front" in err
+    assert "40/40" in err  # the bar counts evaluations: population + one generation of 16
 
 
 # -- budget_search --------------------------------------------------------------------------------
@@ -369,9 +370,11 @@ def test_search_on_latency_with_a_progress_bar(capsys: pytest.CaptureFixture[str
 def test_budget_search_finds_the_best_feasible_per_budget(tmp_path: Path) -> None:
     budgets = [Constraint.parse(t) for t in ("macs<=1.5M", "macs<=3M", "params<=1K")]
     evaluate = Recorder()
-    answers = budget_search(
+    found = budget_search(
         SPACE, objectives(), evaluate, budgets, SMALL, state_path=tmp_path / "s.json", progress=False
     )
+    answers = found.answers
+    assert {c.arch for c in found.evaluated} == set(evaluate.archs)  # every evaluation, for the front
     assert [b for b, _ in answers] == budgets
     archs = evaluate.archs
     assert len(archs) == len(set(archs))  # the evaluation cache is shared across budgets
@@ -386,7 +389,7 @@ def test_budget_search_finds_the_best_feasible_per_budget(tmp_path: Path) -> Non
     assert (
         budget_search(
             SPACE, objectives(), again, budgets, SMALL, state_path=tmp_path / "s.json", progress=False
-        )
+        ).answers
         == answers
     )
     assert again.calls == []

@@ -23,6 +23,7 @@ from supernet.export import (
 from supernet.model import Supernet
 from supernet.search.evaluate import EvalResult, Evaluator, accuracy, checkpoint_digest
 from supernet.space import Arch, SearchSpace
+from supernet.training.config import config_from_dict
 from supernet.training.checkpoint import RunDir, RunDirError, save_checkpoint
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -393,7 +394,8 @@ def test_load_supernet_from_a_run_directory(
         assert loaded.checkpoint_path == latest
         assert loaded.checkpoint_id == checkpoint_digest(latest)
         assert loaded.space == space and (loaded.num_classes, loaded.in_channels) == (CLASSES, CHANNELS)
-        assert loaded.config == {"kernel_transform": kernel_transform}
+        # the saved config comes back validated, every default filled in
+        assert loaded.config == config_from_dict({"kernel_transform": kernel_transform}).model_dump(mode="json")
         assert loaded.net.kernel_transform is kernel_transform and not loaded.net.training
         for key, value in net.state_dict().items():
             assert torch.equal(loaded.net.state_dict()[key], value), key

@@ -149,7 +149,7 @@ def test_run_directory_is_never_overwritten(tmp_path) -> None:
     data = small_data()
     config = quick_config("bignas.yaml", "train.epochs=1", "train.eval_every_epochs=0")
     Trainer(config, tmp_path / "run", data=data, progress=False).run(until_step=2)
-    with pytest.raises(RunDirError, match="already exists; continue it with --resume"):
+    with pytest.raises(RunDirError, match="already holds a run; continue it with .supernet train --resume"):
         Trainer(config, tmp_path / "run", data=data, progress=False)
     assert (tmp_path / "run" / "checkpoints" / "latest.pt").is_file()
     Trainer(config, tmp_path / "run", data=data, progress=False, force=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -13,7 +14,7 @@ from supernet import spaces
 from supernet.allocator import retain_freed_memory
 from supernet.cost import cost
 from supernet.training.checkpoint import RunDirError
-from supernet.training.config import ConfigError, load_config
+from supernet.training.config import RESUME_OVERRIDES, ConfigError, load_config
 
 EPILOG = "Run `supernet COMMAND --help` for a command's options."
 
@@ -34,24 +35,34 @@ def _cmd_space(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from supernet.distributed import init_from_env, shutdown
-    from supernet.training.loop import Trainer, TrainingStopped
+    from supernet.training.loop import Trainer, TrainingInterrupted, TrainingStopped
 
-    if args.resume and (args.config or args.overrides):
-        raise ConfigError("--resume continues a run with its saved config; drop CONFIG and --set")
+    if args.resume and args.config:
+        raise ConfigError("--resume continues a run with its saved config; drop CONFIG "
+                          "(a few settings may change with --set, see --help)")
     if not args.resume and not args.config:
         raise ConfigError("give a recipe (e.g. configs/alphanet.yaml) or --resume RUN_DIR")
+    if args.from_epoch is not None and not args.resume:
+        raise ConfigError("--from-epoch N goes with --resume RUN_DIR")
     config = None if args.resume else load_config(args.config, args.overrides)
     ctx = init_from_env()
     trainer = None
     try:
         if args.resume:
-            trainer = Trainer(None, args.resume, resume=True, progress=not args.no_progress, dist=ctx)
+            trainer = Trainer(None, args.resume, resume=True, progress=not args.no_progress, dist=ctx,
+                              resume_overrides=args.overrides, from_epoch=args.from_epoch)
         else:
             out = args.out or f"runs/{Path(args.config).stem}"
             trainer = Trainer(config, out, force=args.force, progress=not args.no_progress, dist=ctx)
         if ctx.is_main:
             print(f"run directory: {trainer.run_dir.root}", file=sys.stderr)
+        if args.max_steps is not None and args.max_steps <= trainer.global_step:
+            raise ConfigError(f"--max-steps {args.max_steps} is not beyond the run's step {trainer.global_step}; "
+                              "give a later step or leave it out to train to the end")
         result = trainer.run(until_step=args.max_steps)
+    except TrainingInterrupted as err:
+        print(f"supernet train: {err}", file=sys.stderr)
+        return 130
     except TrainingStopped as err:
         print(f"supernet train: stopped: {err}", file=sys.stderr)
         return 3
@@ -73,6 +84,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                       cache_path=Path(args.run_dir) / "eval_cache.json")
     arch = opened.resolve_arch(args.arch)
     result = opened.evaluator.evaluate(arch, args.split)
+    _warn_cache(opened.evaluator.cache_problem)
     c = cost(opened.run.space, arch, opened.run.num_classes, opened.run.in_channels)
     out = {"arch": arch.to_dict(), "split": args.split, "top1": result.top1, "top5": result.top5,
            "loss": result.loss, "images": result.images, "macs": c.macs, "params": c.params}
@@ -91,13 +103,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from supernet.search.job import open_run, run_search
 
     out = Path(args.out or Path(args.run_dir) / "search")
-    if (out / "front.json").exists() and not (args.force or (out / "search_state.json").exists()):
+    states = sorted(out.glob("search_state*.json")) if out.is_dir() else []
+    if (out / "front.json").exists() and not (args.force or states):
         raise RunDirError(f"{out} already holds a finished search; choose another --out or pass --force")
     ctx = init_from_env()
     try:
         if args.force and ctx.is_main:
-            for name in ("front.json", "search_state.json"):
-                (out / name).unlink(missing_ok=True)
+            for path in [out / "front.json", *states]:
+                path.unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
         opened = open_run(args.run_dir, batch_size=args.batch_size, recalibration_images=args.recal_images,
                           cache_path=out / "eval_cache.json", dist=ctx)
@@ -118,12 +131,24 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if ctx.is_main:
         _print_front(report)
         print(f"wrote {out / 'front.json'}")
+        _warn_cache(opened.evaluator.cache_problem)
     return 0
 
 
+def _warn_cache(problem: str | None) -> None:
+    if problem:
+        print(f"supernet: warning: {problem}", file=sys.stderr)
+
+
 def _print_front(report: dict) -> None:
+    images = report.get("images", {})
     print(f"{len(report['front'])} sub-networks on the front, {report['search']['evaluations']} evaluated; "
-          f"mean Pareto accuracy {report['mean_pareto_accuracy']:.2%}")
+          f"mean Pareto accuracy {report['mean_pareto_accuracy']:.2%} (val, {images.get('val', '?')} images; "
+          f"test figures on {images.get('test', '?')} images)")
+    screen = report["search"].get("predictor")
+    if screen:
+        print(f"predictor: held-out Kendall tau {screen['kendall_tau']:.3f} (fit on {screen['fit_on']}, "
+              f"tested on {screen['held_out']} evaluations)")
     print(f"{'MACs bucket (M)':<20} {'MMACs':>8} {'val top-1':>10} {'test top-1':>11}")
     for b in report["buckets"]:
         best = b["best"]
@@ -136,31 +161,41 @@ def _print_front(report: dict) -> None:
     for item in report["budgets"]:
         best = item["best"]
         print(f"budget {item['budget']}: " + ("nothing found" if best is None else
-              f"{best['macs'] / 1e6:.2f} MMACs, val {best['val_top1']:.2%}, test {best.get('test_top1') or 0:.2%}"))
+              f"{best['macs'] / 1e6:.2f} MMACs, val {best['val_top1']:.2%}, test "
+              + ("-" if best.get("test_top1") is None else f"{best['test_top1']:.2%}")))
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from supernet.search.front_file import read_front
     from supernet.search.job import best_under, deliver, open_run
     from supernet.search.objectives import Constraint
     from supernet.search.pareto import Candidate
 
-    opened = open_run(args.run_dir, batch_size=args.batch_size, recalibration_images=args.recal_images,
-                      cache_path=Path(args.run_dir) / "eval_cache.json")
     if bool(args.arch) == bool(args.from_front):
         raise ConfigError("give exactly one of --arch ARCH.json|largest|smallest and --from-front SEARCH_DIR")
+    if args.from_front and not args.budget:
+        raise ConfigError("--from-front needs --budget, e.g. --budget 'macs<=30e6'")
     budget = None
+    front: list[Candidate] = []
+    if args.from_front:  # read and check the front before the (slow) run is loaded
+        budget = Constraint.parse(args.budget)
+        try:
+            front = [Candidate.from_dict(c) for c in read_front(args.from_front)["front"]]
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(f"{Path(args.from_front) / 'front.json'}: {err}") from None
+        if budget.metric == "latency" and any(c.latency_ms is None for c in front):
+            raise ConfigError(f"{Path(args.from_front) / 'front.json'} has no latency figures (its search ran "
+                              "without --latency-table); search again with --latency-table TABLE, or give a "
+                              "macs or params budget")
+    opened = open_run(args.run_dir, batch_size=args.batch_size, recalibration_images=args.recal_images,
+                      cache_path=Path(args.run_dir) / "eval_cache.json")
     if args.arch:
         arch = opened.resolve_arch(args.arch)
     else:
-        if not args.budget:
-            raise ConfigError("--from-front needs --budget, e.g. --budget 'macs<=30e6'")
-        budget = Constraint.parse(args.budget)
-        front_path = Path(args.from_front) / "front.json"
-        if not front_path.is_file():
-            raise FileNotFoundError(f"{front_path} not found; run `supernet search {args.run_dir} --out {args.from_front}`")
-        best = best_under([Candidate.from_dict(c) for c in json.loads(front_path.read_text())["front"]], budget)
+        best = best_under(front, budget)
         if best is None:
-            raise ConfigError(f"no front member of {front_path} satisfies {budget}; relax the budget")
+            raise ConfigError(f"no front member of {Path(args.from_front) / 'front.json'} satisfies {budget}; "
+                              "relax the budget")
         arch = opened.run.space.validate(best.arch)
     done = deliver(opened, arch, Path(args.out), budget=budget, weights_format=args.weights, onnx=not args.no_onnx,
                    overwrite=args.overwrite)
@@ -208,9 +243,49 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_count = _int_at_least(0)
+
+
+def _probability(text: str) -> float:
+    """argparse type: a float in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
+    return value
+
+
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Appends '(default: X)' to every option's help that has a real default and does not state one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is None or default is False or default == argparse.SUPPRESS
+                or not action.option_strings or default == []):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch (default: the run's)")
-    p.add_argument("--recal-images", type=int, default=None,
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="evaluation batch (default: the run's)")
+    p.add_argument("--recal-images", type=_positive_int, default=None,
                    help="training images for BN recalibration (default: the run's train.recal_images)")
 
 
@@ -230,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
         "which avoids page faults: CPU training steps get faster and no-grad forward passes up to 2x faster",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    original_add = commands.add_parser
+
+    def add_parser(name: str, **kwargs: object) -> argparse.ArgumentParser:
+        return original_add(name, formatter_class=_HelpWithDefaults, **kwargs)
+
+    commands.add_parser = add_parser  # type: ignore[method-assign]
 
     space = commands.add_parser(
         "space",
@@ -238,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and parameters of its smallest and largest sub-network.",
     )
     space.add_argument("name", help=f"a preset ({', '.join(spaces.names())}) or a path to a space .yaml file")
-    space.add_argument("--num-classes", type=int, default=None, help="classes of the classifier (default: the number the preset is designed for)")
+    space.add_argument("--num-classes", type=_positive_int, default=None, help="classes of the classifier (default: the number the preset is designed for)")
     space.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
     space.set_defaults(handler=_cmd_space)
 
@@ -251,11 +332,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("config", nargs="?", help="a recipe YAML (see configs/)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set optim.lr=0.05 --set train.epochs=2")
+                       help="override a config value, e.g. --set optim.lr=0.05 --set train.epochs=2; with --resume "
+                       f"only {', '.join(RESUME_OVERRIDES)} may change (recorded in metrics.jsonl and config.yaml)")
     train.add_argument("--out", help="run directory (default: runs/<config name>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
-    train.add_argument("--force", action="store_true", help="start over in an existing run directory")
-    train.add_argument("--max-steps", type=int, default=None,
+    train.add_argument("--from-epoch", type=_positive_int, metavar="N",
+                       help="with --resume: continue from checkpoints/epoch_N.pt instead of the latest; later "
+                       "checkpoints and the metrics so far are moved to checkpoints/superseded-stepS-TIME/")
+    train.add_argument("--force", action="store_true",
+                       help="start over in an existing run directory (deletes its checkpoints, metrics, config "
+                       "and TensorBoard events; other files stay)")
+    train.add_argument("--max-steps", type=_positive_int, default=None,
                        help="pause after this global step (checkpointed; continue with --resume)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(handler=_cmd_train)
@@ -287,18 +374,21 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--budgets", nargs="+", default=[], metavar="EXPR",
                         help="budget mode: the best sub-network under each, e.g. --budgets 'macs<=2M' 'macs<=4M'")
     search.add_argument("--predictor", action="store_true",
-                        help="pre-screen children with an accuracy predictor fit on the evaluations so far")
-    search.add_argument("--prescreen-keep", type=int, default=32, help="children kept per generation by the predictor")
+                        help="pre-screen children with an accuracy predictor fit on the evaluations so far "
+                        "(its held-out Kendall tau is printed and saved in front.json)")
+    search.add_argument("--prescreen-keep", type=_positive_int, default=32,
+                        help="children kept per generation by the predictor")
     search.add_argument("--latency-table", help="a latency lookup table JSON (enables latency constraints)")
-    search.add_argument("--population", type=int, default=512)
-    search.add_argument("--parents", type=int, default=128, help="parents per MACs bucket")
-    search.add_argument("--mutations", type=int, default=128)
-    search.add_argument("--mutation-prob", type=float, default=0.2)
-    search.add_argument("--crossovers", type=int, default=128)
-    search.add_argument("--iterations", type=int, default=20)
-    search.add_argument("--seed", type=int, default=0)
-    search.add_argument("--force", action="store_true", help="discard a finished search in --out and start over")
-    search.add_argument("--no-progress", action="store_true")
+    search.add_argument("--population", type=_positive_int, default=512, help="random sub-networks evaluated first")
+    search.add_argument("--parents", type=_positive_int, default=128, help="parents per MACs bucket")
+    search.add_argument("--mutations", type=_count, default=128, help="mutated children per generation")
+    search.add_argument("--mutation-prob", type=_probability, default=0.2, help="probability that a gene mutates")
+    search.add_argument("--crossovers", type=_count, default=128, help="crossed children per generation")
+    search.add_argument("--iterations", type=_count, default=20, help="generations after the initial population")
+    search.add_argument("--seed", type=int, default=0, help="seed of the search's random draws")
+    search.add_argument("--force", action="store_true",
+                        help="discard a finished or saved search in --out (front.json, search_state*.json) and start over")
+    search.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_eval_options(search)
     search.set_defaults(handler=_cmd_search)
 
@@ -313,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--from-front", metavar="SEARCH_DIR", help="pick from a search's front.json ...")
     export.add_argument("--budget", help="... the most accurate member satisfying e.g. 'macs<=30e6'")
     export.add_argument("--out", required=True, help="output directory")
-    export.add_argument("--weights", choices=["safetensors", "torch"], default="safetensors")
+    export.add_argument("--weights", choices=["safetensors", "torch"], default="safetensors", help="weights file format")
     export.add_argument("--no-onnx", action="store_true", help="skip the ONNX file")
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     _add_eval_options(export)
@@ -327,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("paths", nargs="+", metavar="DIR", help="run directories and/or search directories")
     report.add_argument("--out", required=True, help="output directory for index.html and the plots")
-    report.add_argument("--title", default=None)
+    report.add_argument("--title", default=None, help="page title (default: the runs' names)")
     report.set_defaults(handler=_cmd_report)
 
     latency = commands.add_parser(
@@ -338,15 +428,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     latency.add_argument("space", help="a preset or a space YAML")
     latency.add_argument("--out", required=True, help="the table JSON to write")
-    latency.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
-    latency.add_argument("--batch", type=int, default=1)
-    latency.add_argument("--threads", type=int, default=1)
-    latency.add_argument("--warmup", type=int, default=5)
-    latency.add_argument("--repeats", type=int, default=20)
-    latency.add_argument("--num-classes", type=int, default=None)
-    latency.add_argument("--in-channels", type=int, default=None)
-    latency.add_argument("--held-out", type=int, default=20, help="sub-networks measured to report the error (0: skip)")
-    latency.add_argument("--seed", type=int, default=0)
+    latency.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch", help="runtime to time")
+    latency.add_argument("--batch", type=_positive_int, default=1, help="images per timed call")
+    latency.add_argument("--threads", type=_positive_int, default=1, help="CPU threads of the runtime")
+    latency.add_argument("--warmup", type=_count, default=5, help="untimed calls per layer")
+    latency.add_argument("--repeats", type=_positive_int, default=20, help="timed calls per layer (median)")
+    latency.add_argument("--num-classes", type=_positive_int, default=None, help="classes (default: the space's)")
+    latency.add_argument("--in-channels", type=_positive_int, default=None, help="image channels (default: the space's)")
+    latency.add_argument("--held-out", type=_count, default=20, help="sub-networks measured to report the error (0: skip)")
+    latency.add_argument("--seed", type=int, default=0, help="seed of the held-out sub-networks")
     latency.set_defaults(handler=_cmd_latency)
 
     demo = commands.add_parser(
@@ -359,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", help="another recipe instead of configs/demo.yaml")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override the recipe (first run only)")
-    demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(handler=_cmd_demo)
     return parser
 
@@ -394,6 +484,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as err:
         print(f"supernet {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"supernet {args.command}: interrupted; {_AFTER_INTERRUPT.get(args.command, 'nothing was lost')}",
+              file=sys.stderr)
+        return 130
+    except OSError as err:
+        print(f"supernet {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
+        return 2
+
+
+_AFTER_INTERRUPT = {
+    "train": "the run continues from its last checkpoint with `supernet train --resume RUN_DIR`",
+    "search": "run the same command again to continue from the last finished generation",
+    "demo": "run it again to continue where it stopped",
+    "export": "the export directory was left as it was (exports are renamed into place when complete)",
+}
+_DISK_ADVICE = {
+    errno.ENOSPC: "the disk is full: free some space or write elsewhere (--out)",
+    errno.EDQUOT: "the disk quota is exhausted: free some space or write elsewhere (--out)",
+    errno.EROFS: "the file system is read-only: write elsewhere (--out)",
+    errno.EACCES: "permission denied: write elsewhere (--out) or fix the permissions",
+    errno.EPERM: "permission denied: write elsewhere (--out) or fix the permissions",
+}
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line naming the file and what to do about an error of the operating system (disk, permissions)."""
+    where = f" {err.filename}" if err.filename else ""
+    advice = _DISK_ADVICE.get(err.errno or 0, "check the path and try again")
+    return f"cannot access{where} ({err.strerror or err}); {advice}; files written before were kept"
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ from supernet.nn.static import StaticNet, build_static
 from supernet.onnx_bytes import onnx_bytes
 from supernet.search.evaluate import EvalResult, checkpoint_digest
 from supernet.space import Arch, ArchError, SearchSpace, SpaceError
-from supernet.training.checkpoint import RunDir, RunDirError, load_checkpoint
+from supernet.training.config import config_from_dict
+from supernet.training.checkpoint import RunDir, RunDirError, load_checkpoint, require_keys, state_mismatch
 
 EXPORT_FORMAT = 1
 ARCH_FILE = "arch.json"
@@ -46,7 +47,6 @@ CARD_FILE = "MODEL_CARD.md"
 WEIGHTS_FILES = {"safetensors": "model.safetensors", "torch": "model.pt"}
 EXPORT_FILES = frozenset({ARCH_FILE, ONNX_FILE, CARD_FILE, *WEIGHTS_FILES.values()})
 CARD_KEYS = ("source", "checkpoint_id", "dataset", "budget", "val", "test", "mean", "std", "notes")
-_CHECKPOINT_KEYS = ("config", "space", "num_classes", "in_channels", "model")
 _DOC_KEYS = ("arch", "space", "num_classes", "in_channels", "weights")
 _REEXPORT = "re-export it with `supernet export`"
 
@@ -89,13 +89,9 @@ def load_supernet(
         run.require_existing()
         path = run.latest
     state = load_checkpoint(path, map_location)
-    missing = [key for key in _CHECKPOINT_KEYS if key not in state]
-    if missing or not isinstance(state["config"], dict):
-        raise RunDirError(
-            f"checkpoint {path} lacks {missing or ['a config mapping']}; it is not a checkpoint of `supernet train`"
-        )
+    require_keys(state, path)
     space = SearchSpace.from_dict(state["space"], source=f"{path} (saved space)")
-    config = state["config"]
+    config = config_from_dict(state["config"], source=f"{path} (saved config)").model_dump(mode="json")
     # Initial weights are overwritten below; fork the RNG so loading does not shift the caller's random stream.
     with torch.random.fork_rng(devices=[]):
         net = Supernet(
@@ -104,7 +100,7 @@ def load_supernet(
             int(state["in_channels"]),
             kernel_transform=bool(config.get("kernel_transform", False)),
         )
-    problem = _state_mismatch(net.state_dict(), state["model"])
+    problem = state_mismatch(net.state_dict(), state["model"])
     if problem:
         raise RunDirError(f"checkpoint {path}: its weights do not fit its saved search space ({problem})")
     net.load_state_dict(state["model"])
@@ -146,7 +142,7 @@ def export_subnet(
     _check_out_dir(out_dir, overwrite)
     net = _build(space, arch, num_classes, in_channels)
     state = {key: value.detach().cpu() for key, value in module.state_dict().items()}
-    problem = _state_mismatch(net.state_dict(), state)
+    problem = state_mismatch(net.state_dict(), state)
     if problem:
         raise ExportError(
             f"the module's weights do not fit the given architecture ({problem}); "
@@ -208,7 +204,7 @@ def load_subnet(path: str | os.PathLike[str]) -> StaticNet:
     net = _build(space, arch, doc["num_classes"], doc["in_channels"])
     weights = root / doc["weights"]
     state = _read_weights(weights)
-    problem = _state_mismatch(net.state_dict(), state)
+    problem = state_mismatch(net.state_dict(), state)
     if problem:
         raise ExportError(
             f"weights file {weights} does not match the architecture in {ARCH_FILE} ({problem}); {_REEXPORT}"
@@ -269,25 +265,6 @@ def _build(space: SearchSpace, arch: Arch, num_classes: int, in_channels: int) -
     # The fresh initialisation is overwritten; keep the caller's global random stream untouched.
     with torch.random.fork_rng(devices=[]):
         return build_static(space, arch, num_classes, in_channels)
-
-
-def _state_mismatch(expected: Mapping[str, Tensor], got: Any) -> str | None:
-    """One line describing how `got` differs from `expected` in keys or shapes, or None when it fits."""
-    if not isinstance(got, Mapping) or not all(isinstance(v, Tensor) for v in got.values()):
-        return "expected a mapping of names to tensors"
-    missing = sorted(expected.keys() - got.keys())
-    unexpected = sorted(got.keys() - expected.keys())
-    shapes = [
-        f"{k} {tuple(got[k].shape)} != {tuple(expected[k].shape)}"
-        for k in expected
-        if k in got and got[k].shape != expected[k].shape
-    ]
-    parts = [
-        f"{label} {_few(items)}"
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
-        if items
-    ]
-    return "; ".join(parts) or None
 
 
 def _few(items: list[str], n: int = 3) -> str:

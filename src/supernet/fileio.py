@@ -16,10 +16,20 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
+TEMP_SUFFIX = ".tmp"
+
+
+def orphaned_temporaries(folder: Path) -> list[Path]:
+    """Temporary siblings that `atomic_write_bytes` leaves behind only when the process is killed mid-write."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob(f".*{TEMP_SUFFIX}") if p.is_file() and not p.is_symlink())
+
+
 def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write a file via a temporary sibling and os.replace, so readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.chmod(tmp, _file_mode())
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -18,9 +18,9 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from supernet.fileio import atomic_write_bytes, atomic_write_text
+from supernet.search.front_file import FrontFileError, read_front
 from supernet.training.metrics import read_metrics
 
-FRONT_FORMAT = 1
 ACCURACY_PLOT = "accuracy_vs_macs.png"
 CURVES_PLOT = "training_curves.png"
 COST_PLOT = "training_cost.png"
@@ -120,53 +120,13 @@ def load_run(path: str | Path) -> RunInfo:
     )
 
 
-def _check_candidate(c: Any, where: str, path: Path) -> None:
-    if not (
-        isinstance(c, dict)
-        and isinstance(c.get("macs"), (int, float))
-        and isinstance(c.get("val_top1"), (int, float))
-    ):
-        raise ReportError(
-            f"{path}: {where} is not a sub-network record with 'macs' and 'val_top1'; "
-            "re-run `supernet search`"
-        )
-
-
 def load_search(path: str | Path) -> SearchInfo:
     """Read and check a search directory's front.json; ReportError if it is missing or malformed."""
     root = Path(path)
-    front = root / "front.json"
-    if not front.is_file():
-        raise ReportError(
-            f"search directory {root} has no front.json; run `supernet search` on the trained run first"
-        )
     try:
-        data = json.loads(front.read_text())
-    except json.JSONDecodeError as err:
-        raise ReportError(
-            f"{front} is not valid JSON ({err.msg}, line {err.lineno}); re-run `supernet search`"
-        ) from None
-    if not isinstance(data, dict) or data.get("format") != FRONT_FORMAT:
-        raise ReportError(
-            f"{front} is not a supernet front file of format {FRONT_FORMAT}; re-run `supernet search`"
-        )
-    for key, kind in (
-        ("front", list),
-        ("evaluated", list),
-        ("buckets", list),
-        ("mean_pareto_accuracy", (int, float)),
-    ):
-        if not isinstance(data.get(key), kind):
-            raise ReportError(f"{front} lacks a valid '{key}'; re-run `supernet search`")
-    for key in ("front", "evaluated"):
-        for i, c in enumerate(data[key]):
-            _check_candidate(c, f"{key}[{i}]", front)
-    for key in ("buckets", "budgets"):
-        for i, entry in enumerate(data.get(key) or []):
-            if not isinstance(entry, dict):
-                raise ReportError(f"{front}: {key}[{i}] is not a mapping; re-run `supernet search`")
-            if entry.get("best") is not None:
-                _check_candidate(entry["best"], f"{key}[{i}].best", front)
+        data = read_front(root)
+    except FrontFileError as err:
+        raise ReportError(str(err)) from None
     run_dir = Path(data["run_dir"]) if isinstance(data.get("run_dir"), str) else None
     return SearchInfo(root, root.resolve().name, run_dir, data)
 

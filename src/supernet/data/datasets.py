@@ -211,6 +211,11 @@ def build_data(
 
 
 def _carve_val(full_train: Dataset, val_size: int, seed: int) -> tuple[Dataset, Dataset | None]:
+    if val_size >= len(full_train):
+        raise DatasetError(
+            f"data.val_size={val_size} leaves no training images: the training set has {len(full_train)}; "
+            f"set data.val_size below {len(full_train)} (0 for no val split)"
+        )
     train_idx, val_idx = split_indices(len(full_train), val_size, seed)
     if not val_size:
         return full_train, None

@@ -244,7 +244,16 @@ def _list_split(
 
 def _image_files(directory: Path) -> list[Path]:
     found = []
+    visited: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        # Linked folders are followed, so a link back to an ancestor would be walked forever: stop at it.
+        info = os.stat(dirpath)
+        if (info.st_dev, info.st_ino) in visited:
+            raise DatasetError(
+                f"imagefolder: {dirpath} leads back to a folder already scanned (a symbolic-link cycle); "
+                "remove the link or point it outside the data set"
+            )
+        visited.add((info.st_dev, info.st_ino))
         dirnames.sort()
         found.extend(
             Path(dirpath) / f for f in sorted(filenames) if Path(f).suffix.lower() in IMAGE_EXTENSIONS

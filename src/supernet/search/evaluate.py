@@ -227,7 +227,8 @@ class Evaluator:
     Recalibration uses the first `recalibration_images` (default 64 batches) of the training split in
     a fixed order seeded by `seed`, without augmentation, so results are deterministic. Results are keyed
     by `checkpoint_id` (e.g. `checkpoint_digest` of the weights file), the arch, the split and these
-    settings; with `cache_path` they persist as JSON, so no sub-network is evaluated twice across processes.
+    settings; with `cache_path` they persist as JSON, so no sub-network is evaluated twice across processes
+    (a cache file that cannot be written is reported in `cache_problem`, and evaluation goes on).
     `checkpoint_id` must identify the data split too if several runs share one cache file.
     """
 
@@ -260,6 +261,7 @@ class Evaluator:
         self.cache_path = None if cache_path is None else Path(cache_path)
         self.hits = 0
         self.misses = 0
+        self.cache_problem: str | None = None  # why the cache file could not be written, once it failed
         self._settings = json.dumps(
             {"batch_size": batch_size, "recalibration_images": recalibration_images, "seed": seed},
             sort_keys=True,
@@ -281,8 +283,12 @@ class Evaluator:
                 self.net, self._batches(dataset, shuffle=False), arch.resolution, self.data.num_classes
             )
         self._cache[key] = result
-        if self.cache_path is not None:
-            _write_cache(self.cache_path, self._cache)
+        if self.cache_path is not None and self.cache_problem is None:
+            try:
+                _write_cache(self.cache_path, self._cache)
+            except OSError as err:  # a full or read-only disk costs the cache, never the result
+                self.cache_problem = (f"evaluation cache {self.cache_path} could not be written "
+                                      f"({err.strerror or err}); results of this process are kept in memory only")
         return result
 
     def evaluate_many(self, archs: Iterable[Arch], split: str = "val") -> list[EvalResult]:

@@ -4,12 +4,15 @@ One generation: split every evaluated candidate into `num_buckets` equal cost bu
 range, keep the `parents_per_bucket` most accurate of each as parents, then breed `mutations` mutants of
 random parents and `crossovers` crosses of random parent pairs. Every child is redrawn until it meets the
 constraints and is new (never evaluated, not a duplicate within the generation), so no architecture is
-evaluated twice. An optional `prescreen(children, k)` hook (an accuracy predictor) keeps the k most
-promising children before evaluation; the initial population is always evaluated in full.
+evaluated twice. An optional `prescreen(children, k, evaluated)` hook (an accuracy predictor fit on the
+candidates evaluated so far) keeps the k most promising children before evaluation; the initial population
+is always evaluated in full.
 
 The search is deterministic for a seed: every draw goes through one `random.Random(seed)` whose state is
 saved with the evaluated candidates after the initial population and after every generation, so a killed
-search resumes from its last finished generation and ends exactly where an uninterrupted one would.
+search resumes from its last finished generation and ends exactly where an uninterrupted one would. The
+state records what it was computed on (settings, objectives and a `source` such as the checkpoint's
+digest): a state of another source is refused, since its accuracies no longer describe the network.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from supernet.space import Arch, SearchSpace
 
 STATE_FORMAT = 1
 Evaluate = Callable[[list[Arch]], Sequence[float]]
-Prescreen = Callable[[list[Arch], int], Sequence[Arch]]
+Prescreen = Callable[[list[Arch], int, Sequence[Candidate]], Sequence[Arch]]
+EVAL_CHUNK = 32  # initial-population archs per evaluate call: the progress bar moves while it runs
 
 
 class SearchError(ValueError):
@@ -153,6 +157,12 @@ def _load_state(path: Path, fingerprint: dict[str, Any], run: _Run) -> None:
     if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
         raise SearchError(f"search state {path} is not a format-{STATE_FORMAT} search state; use a new --out")
     saved = data.get("fingerprint", {})
+    if isinstance(saved, dict) and saved.get("source") != fingerprint.get("source"):
+        raise SearchError(
+            f"search state {path} was computed on {saved.get('source') or 'an unrecorded checkpoint'}, not on "
+            f"{fingerprint.get('source')} (the run trained further, or another run is searched into this "
+            "directory): its accuracies are stale; pass --force to start the search over, or use a new --out"
+        )
     if saved != fingerprint:
         changed = _differences(saved, fingerprint)
         raise SearchError(
@@ -254,8 +264,8 @@ def _children(space: SearchSpace, objectives: Objectives, settings: SearchSettin
     return children
 
 
-def _prescreened(children: list[Arch], prescreen: Prescreen, keep: int) -> list[Arch]:
-    chosen = list(prescreen(list(children), keep))
+def _prescreened(children: list[Arch], prescreen: Prescreen, keep: int, evaluated: list[Candidate]) -> list[Arch]:
+    chosen = list(prescreen(list(children), keep, list(evaluated)))
     kept = set(chosen)
     if len(kept) != len(chosen) or len(chosen) > keep or not kept <= set(children):
         raise SearchError(
@@ -274,11 +284,13 @@ def evolutionary_search(
     state_path: Path | None = None,
     progress: bool = True,
     prescreen: Prescreen | None = None,
+    source: str | None = None,
 ) -> SearchResult:
     """Evolve feasible sub-networks of `space` and return every evaluated one and their Pareto front.
 
     `evaluate` maps a batch of new archs to validation top-1 accuracies; with `state_path` the search
-    saves its state after every generation and continues from that file when it exists.
+    saves its state after every generation and continues from that file when it exists, provided it was
+    written with the same settings, objectives and `source` (what the accuracies were measured on).
     """
     if objectives.space != space:
         raise SearchError(f"objectives were built for space {objectives.space.name!r}, not {space.name!r}")
@@ -286,7 +298,9 @@ def evolutionary_search(
         raise SearchError("a prescreen hook and the prescreen_keep setting go together; give both or neither")
     if settings.cost == "latency" and objectives.latency is None:
         raise SearchError("searching on latency needs a latency function in the objectives")
-    fingerprint = json.loads(json.dumps({"settings": settings.to_dict(), "objectives": objectives.to_dict()}))
+    fingerprint = json.loads(json.dumps(
+        {"settings": settings.to_dict(), "objectives": objectives.to_dict(), "source": source}
+    ))
     run = _Run(settings)
     resumed = False
     if state_path is not None and state_path.exists():
@@ -297,35 +311,48 @@ def evolutionary_search(
         if state_path is not None:
             atomic_write_text(state_path, run.to_json(fingerprint))
 
+    per_generation = settings.prescreen_keep or settings.mutations + settings.crossovers
+    expected = settings.population + settings.iterations * per_generation
     with tqdm(
-        total=settings.iterations, initial=run.generation, disable=not progress, desc="evolution", unit="gen"
+        total=expected, initial=len(run.evaluated), disable=not progress, desc="search", unit="eval",
+        dynamic_ncols=True,
     ) as bar:
 
-        def report() -> None:
+        def report(stage: str) -> None:
             front = pareto_front(run.evaluated, settings.cost)
-            bar.set_postfix(
-                gen=f"{run.generation}/{settings.iterations}", evals=len(run.evaluated), front=len(front)
-            )
+            bar.set_postfix_str(f"{stage}, front {len(front)}", refresh=False)
+            bar.n = len(run.evaluated)
+            bar.refresh()
 
         if not resumed:
-            _evaluate(run, _initial_population(space, objectives, settings, run), objectives, evaluate)
+            population = _initial_population(space, objectives, settings, run)
+            for start in range(0, len(population), EVAL_CHUNK):
+                _evaluate(run, population[start : start + EVAL_CHUNK], objectives, evaluate)
+                report(f"initial population {len(run.evaluated)}/{len(population)}")
             save()
-        report()
+        report(f"generation {run.generation}/{settings.iterations}")
         while run.generation < settings.iterations:
             children = _children(space, objectives, settings, run)
             if prescreen is not None and settings.prescreen_keep is not None:  # checked: both or neither
-                children = _prescreened(children, prescreen, settings.prescreen_keep)
+                children = _prescreened(children, prescreen, settings.prescreen_keep, run.evaluated)
             _evaluate(run, children, objectives, evaluate)
             run.generation += 1
             save()
-            bar.update(1)
-            report()
+            report(f"generation {run.generation}/{settings.iterations}")
     return SearchResult(
         evaluated=list(run.evaluated),
         front=pareto_front(run.evaluated, settings.cost),
         generations=run.generation,
         evaluations=len(run.evaluated),
     )
+
+
+@dataclass(frozen=True)
+class BudgetResult:
+    """Each budget with its best candidate (None where none fits), and every candidate evaluated for any budget."""
+
+    answers: list[tuple[Constraint, Candidate | None]]
+    evaluated: list[Candidate]
 
 
 def budget_state_path(state_path: Path, index: int) -> Path:
@@ -343,8 +370,9 @@ def budget_search(
     state_path: Path | None = None,
     progress: bool = True,
     prescreen: Prescreen | None = None,
-) -> list[tuple[Constraint, Candidate | None]]:
-    """The most accurate sub-network found under each budget (None where none was found).
+    source: str | None = None,
+) -> BudgetResult:
+    """The most accurate sub-network found under each budget (None where none was found), and every evaluated one.
 
     Each budget runs its own evolution (same settings and seed) with the budget as an extra constraint;
     accuracies are shared, so an arch met under one budget is never evaluated again under another, and each
@@ -375,6 +403,7 @@ def budget_search(
                 state_path=None if state_path is None else budget_state_path(state_path, i),
                 progress=progress,
                 prescreen=prescreen,
+                source=source,
             )
         except InfeasibleError:
             continue
@@ -387,4 +416,4 @@ def budget_search(
         admitted = [c for c in pool.values() if fits.feasible(c.arch)]
         best = max(admitted, key=lambda c: (c.accuracy(), -c.cost(budget.metric)), default=None)
         answers.append((budget, best))
-    return answers
+    return BudgetResult(answers, list(pool.values()))

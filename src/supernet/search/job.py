@@ -9,19 +9,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from supernet.data import DataBundle, build_data
 from supernet.distributed import SINGLE, DistContext, sharded_map
 from supernet.export import LoadedRun, export_subnet, load_supernet, verify_onnx
 from supernet.fileio import atomic_write_text
+from supernet.search.front_file import FRONT_FORMAT
 from supernet.search.evaluate import EvalResult, Evaluator
 from supernet.search.evolution import SearchSettings, budget_search, evolutionary_search
 from supernet.search.objectives import Constraint, Objectives
 from supernet.search.pareto import Candidate, bucket_table, mean_pareto_accuracy, pareto_front
 from supernet.search.predictor import AccuracyPredictor
-from supernet.space import Arch
+from supernet.space import Arch, ArchError
 
-FRONT_FORMAT = 1
 NUM_BUCKETS = 6  # DepS's table
+TEST_CHUNK = 8  # test-split evaluations per progress-bar update
 
 
 @dataclass
@@ -42,8 +45,14 @@ class OpenRun:
             raise FileNotFoundError(
                 f"architecture file {path} not found; pass largest, smallest or an ARCH.json"
             )
-        data = json.loads(path.read_text())
-        return self.run.space.validate(Arch.from_dict(data.get("arch", data)))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ArchError(f"architecture file {path} is not valid JSON ({err}); write it as "
+                            "`supernet eval --json` or `supernet export` do") from None
+        if isinstance(data, dict) and isinstance(data.get("arch"), dict):
+            data = data["arch"]  # an export's arch.json or an eval --json output
+        return self.run.space.validate(Arch.from_dict(data))
 
 
 def open_run(
@@ -78,11 +87,11 @@ def open_run(
 
 
 def best_under(front: Sequence[Candidate], budget: Constraint) -> Candidate | None:
-    """The most accurate front member satisfying a MACs or params budget (None when none fits).
+    """The most accurate front member satisfying a MACs, params or latency budget (None when none fits).
 
-    Latency budgets match nothing here: front members carry a latency only when the search measured one.
+    A latency budget matches nothing on a front searched without latency figures.
     """
-    if budget.metric == "latency":
+    if budget.metric == "latency" and any(c.latency_ms is None for c in front):
         return None
     fitting = [c for c in front if budget.admits(c.cost(budget.metric))]
     return max(fitting, key=lambda c: c.val_top1) if fitting else None
@@ -119,30 +128,31 @@ def _evaluate_many(opened: OpenRun, archs: Sequence[Arch], split: str, dist: Dis
 
 
 class _PredictorScreen:
-    """Prescreen hook: refit the accuracy predictor on everything evaluated so far, keep the top k."""
+    """Prescreen hook: refit the accuracy predictor on the search's evaluated candidates, keep the top k.
 
-    def __init__(self, opened: OpenRun, seen: dict[Arch, float]):
+    It fits on what the search hands it (restored from its state after a resume), never on a record of
+    its own, so a resumed search screens exactly as an uninterrupted one.
+    """
+
+    def __init__(self, opened: OpenRun):
         self.predictor = AccuracyPredictor(opened.run.space)
-        self.seen = seen
 
-    def __call__(self, children: list[Arch], k: int) -> list[Arch]:
-        archs = list(self.seen)
-        self.predictor.fit(archs, [self.seen[a] for a in archs])
+    def __call__(self, children: list[Arch], k: int, evaluated: Sequence[Candidate]) -> list[Arch]:
+        self.predictor.fit([c.arch for c in evaluated], [c.val_top1 for c in evaluated])
         return self.predictor.prescreen(children, k)
 
 
 def predictor_report(
-    opened: OpenRun, seen: dict[Arch, float], held_out: float = 0.2
+    opened: OpenRun, evaluated: Sequence[Candidate], held_out: float = 0.2
 ) -> dict[str, Any] | None:
     """Rank correlation (Kendall tau) of a predictor fit on the first evaluations, on the last `held_out` share."""
-    archs = list(seen)
-    n_test = int(len(archs) * held_out)
-    if n_test < 3 or len(archs) - n_test < 3:
+    n_test = int(len(evaluated) * held_out)
+    if n_test < 3 or len(evaluated) - n_test < 3:
         return None
-    train, test = archs[:-n_test], archs[-n_test:]
-    predictor = AccuracyPredictor(opened.run.space).fit(train, [seen[a] for a in train])
+    train, test = evaluated[:-n_test], evaluated[-n_test:]
+    predictor = AccuracyPredictor(opened.run.space).fit([c.arch for c in train], [c.val_top1 for c in train])
     return {
-        "kendall_tau": predictor.rank_correlation(test, [seen[a] for a in test]),
+        "kendall_tau": predictor.rank_correlation([c.arch for c in test], [c.val_top1 for c in test]),
         "fit_on": len(train),
         "held_out": n_test,
     }
@@ -167,36 +177,27 @@ def run_search(
     objectives = Objectives(
         run.space, run.num_classes, run.in_channels, [Constraint.parse(c) for c in constraints], latency
     )
-    seen: dict[Arch, float] = {}
 
     def evaluate(archs: list[Arch]) -> list[float]:
-        results = [r.top1 for r in _evaluate_many(opened, archs, "val", dist)]
-        seen.update(zip(archs, results))
-        return results
+        return [r.top1 for r in _evaluate_many(opened, archs, "val", dist)]
 
-    screen = _PredictorScreen(opened, seen) if predictor else None
+    screen = _PredictorScreen(opened) if predictor else None
     state_path = out_dir / "search_state.json"
     show = progress and dist.is_main
+    source = f"checkpoint {run.checkpoint_id[:16]}"  # a different checkpoint makes a saved state stale
     budget_results: list[tuple[Constraint, Candidate | None]] = []
     if budgets:
-        parsed = [Constraint.parse(b) for b in budgets]
-        budget_results = budget_search(
-            run.space,
-            objectives,
-            evaluate,
-            parsed,
-            settings,
-            state_path=state_path,
-            progress=show,
-            prescreen=screen,
+        found = budget_search(
+            run.space, objectives, evaluate, [Constraint.parse(b) for b in budgets], settings,
+            state_path=state_path, progress=show, prescreen=screen, source=source,
         )
-        evaluated = [objectives.candidate(a, acc) for a, acc in seen.items()]
+        budget_results, evaluated = found.answers, found.evaluated
     else:
         result = evolutionary_search(
-            run.space, objectives, evaluate, settings, state_path=state_path, progress=show, prescreen=screen
+            run.space, objectives, evaluate, settings, state_path=state_path, progress=show, prescreen=screen,
+            source=source,
         )
         evaluated = list(result.evaluated)
-        seen.update((c.arch, c.val_top1) for c in evaluated)
     extremes = [run.space.smallest(), run.space.largest()]
     extreme_acc = dict(zip(extremes, [r.top1 for r in _evaluate_many(opened, extremes, "val", dist)]))
     everything = {c.arch: c for c in evaluated}
@@ -212,7 +213,12 @@ def run_search(
         | {b.best.arch for b in buckets if b.best is not None}
     )
     ordered = sorted(chosen, key=lambda a: a.to_json())  # the same order on every rank
-    tests = dict(zip(ordered, _evaluate_many(opened, ordered, "test", dist)))
+    tests: dict[Arch, EvalResult] = {}
+    with tqdm(total=len(ordered), disable=not show, desc="test split", unit="eval", dynamic_ncols=True) as bar:
+        for start in range(0, len(ordered), TEST_CHUNK):
+            part = ordered[start : start + TEST_CHUNK]
+            tests.update(zip(part, _evaluate_many(opened, part, "test", dist)))
+            bar.update(len(part))
 
     def with_test(c: Candidate) -> dict[str, Any]:
         d = c.to_dict()
@@ -240,12 +246,14 @@ def run_search(
         "budgets": [
             {"budget": str(b), "best": None if c is None else with_test(c)} for b, c in budget_results
         ],
+        "images": {"val": len(opened.data.val) if opened.data.val is not None else 0,
+                   "test": len(opened.data.test)},
         "search": {
-            "evaluations": len(seen),
+            "evaluations": len(evaluated),
             "generations": settings.iterations,
             "wall_time": time.perf_counter() - started,
             "settings": settings.to_dict(),
-            "predictor": predictor_report(opened, seen) if predictor else None,
+            "predictor": predictor_report(opened, evaluated) if predictor else None,
         },
     }
     if dist.is_main:

@@ -8,7 +8,23 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from supernet.distill import get_divergence
 from supernet.space import describe_validation_error
+
+# What `supernet train --resume RUN --set KEY=VALUE` may change: the knobs that rescue a diverging run or
+# lengthen one, none that would make the saved weights, optimizer state or data order mean something else.
+RESUME_OVERRIDES = (
+    "optim.lr",
+    "optim.grad_clip.kind",
+    "optim.grad_clip.value",
+    "train.epochs",
+    "train.max_nonfinite_steps",
+    "train.checkpoint_every_steps",
+    "train.log_every_steps",
+    "train.eval_every_epochs",
+    "train.threads",
+    "data.workers",
+)
 
 
 class ConfigError(ValueError):
@@ -118,6 +134,14 @@ class DistillConfig(_Section):
     options: dict[str, float] = Field(default_factory=dict, description="keyword arguments of the divergence")
     kd_weight: float = Field(1.0, ge=0)
     ce_weight: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _options_fit(self) -> DistillConfig:
+        try:  # binds the options to the divergence's signature: unknown keys fail here, at load time
+            get_divergence(self.divergence, **self.options)
+        except ValueError as err:
+            raise ValueError(f"options {self.options} do not fit: {err}") from None
+        return self
 
 
 class PhaseConfig(_Section):
@@ -249,15 +273,32 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         path = Path(path)
         source = str(path)
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except OSError as err:
             raise ConfigError(f"config {path}: {err.strerror or err}") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config {path} is not UTF-8 text (byte {err.start}); save the recipe as UTF-8 "
+                              "YAML") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"config {path} is not valid YAML: {err}".replace("\n", " ")) from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config {path}: expected a mapping of sections (data, optim, train, ...)")
         data = loaded or {}
     return config_from_dict(apply_overrides(data, overrides or []), source)
+
+
+def resume_config(saved: Config, overrides: list[str]) -> tuple[Config, dict[str, Any]]:
+    """The saved config with resume overrides applied (only RESUME_OVERRIDES keys), and what changed."""
+    changed: dict[str, Any] = {}
+    for text in overrides:
+        path, value = parse_override(text)
+        key = ".".join(path)
+        if key not in RESUME_OVERRIDES:
+            raise ConfigError(f"--set {key} cannot change on --resume (the saved weights and state depend on it); "
+                              f"resume may change {', '.join(RESUME_OVERRIDES)}")
+        changed[key] = value
+    data = apply_overrides(saved.model_dump(mode="json"), overrides)
+    return config_from_dict(data, "--resume --set"), changed
 
 
 def dump_config(config: Config) -> str:

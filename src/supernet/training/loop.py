@@ -6,6 +6,9 @@ import contextlib
 import dataclasses
 import gc
 import random
+import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +23,7 @@ from tqdm import tqdm
 
 from supernet import spaces
 from supernet.cost import macs
-from supernet.data import DataBundle, Loader, build_data, resize_batch, subset
+from supernet.data import DataBundle, DatasetError, Loader, build_data, resize_batch, subset
 from supernet.distill import get_divergence
 from supernet.distributed import (
     SINGLE,
@@ -36,8 +39,16 @@ from supernet.model import Supernet
 from supernet.nn.dynamic_ops import DynamicBatchNorm2d
 from supernet.nn.static import build_static
 from supernet.space import Arch, SearchSpace
-from supernet.training.checkpoint import RunDir, RunDirError, load_checkpoint, save_checkpoint
-from supernet.training.config import Config, config_from_dict, dump_config
+from supernet.training.checkpoint import (
+    RESUME_KEYS,
+    RunDir,
+    RunDirError,
+    load_checkpoint,
+    require_keys,
+    save_checkpoint,
+    state_mismatch,
+)
+from supernet.training.config import Config, config_from_dict, dump_config, resume_config
 from supernet.training.metrics import MetricsLog
 from supernet.training.samplers import (
     AttentiveSampler,
@@ -54,6 +65,37 @@ from supernet.training.teachers import EnsembleTeacher, ExternalTeacher, Inplace
 
 class TrainingStopped(RuntimeError):
     """Training stopped early (e.g. too many non-finite losses); the last checkpoint is usable."""
+
+
+class TrainingInterrupted(TrainingStopped):
+    """Ctrl-C (SIGINT) stopped training at a step boundary, after a checkpoint of that step was written."""
+
+
+class _DeferredInterrupt:
+    """Turns the first Ctrl-C into a request honoured at the next step boundary; a second one stops at once.
+
+    Only the main thread may install signal handlers; elsewhere (a library user's worker thread) Ctrl-C
+    keeps Python's default behaviour.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _DeferredInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("interrupted: finishing this step and writing a checkpoint (press Ctrl-C again to stop at once)")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 @dataclass
@@ -109,7 +151,10 @@ def param_groups(net: nn.Module, weight_decay: float, decay_bn_and_bias: bool) -
 class Trainer:
     """Trains a supernet for one config into one run directory, resumable bit-exactly on CPU.
 
-    With `resume=True` the config saved in the run directory is used (`config` may be None).
+    With `resume=True` the config saved in the run directory is used (`config` may be None), changed only
+    by `resume_overrides` (keys in RESUME_OVERRIDES, recorded in metrics.jsonl and config.yaml);
+    `from_epoch` resumes from that epoch's checkpoint instead of the latest, after moving the later
+    checkpoints and the metrics file into `checkpoints/superseded-stepN/`.
     """
 
     def __init__(
@@ -124,14 +169,22 @@ class Trainer:
         data: DataBundle | None = None,
         device: str | torch.device | None = None,
         dist: DistContext | None = None,
+        resume_overrides: list[str] | None = None,
+        from_epoch: int | None = None,
     ):
         self.run_dir = RunDir(Path(run_dir))
         self.dist = dist or SINGLE
         state = None
+        changed: dict[str, Any] = {}
+        if (resume_overrides or from_epoch is not None) and not resume:
+            raise ValueError("resume_overrides and from_epoch apply only with resume=True")
         if resume:
             self.run_dir.require_existing()
-            state = load_checkpoint(self.run_dir.latest)
-            config = config_from_dict(state["config"], source=f"{self.run_dir.latest} (saved config)")
+            path = self.run_dir.latest if from_epoch is None else self._epoch_checkpoint(from_epoch)
+            state = load_checkpoint(path)
+            require_keys(state, path, RESUME_KEYS)
+            config = config_from_dict(state["config"], source=f"{path} (saved config)")
+            config, changed = resume_config(config, resume_overrides or [])
             config = _keep_global_batch(config, int(state["global_batch"]), self.dist.world_size)
         elif config is None:
             raise ValueError("a config is required unless resuming")
@@ -143,7 +196,8 @@ class Trainer:
             torch.set_num_threads(config.train.threads)
         self.device = self.dist.device if dist is not None else torch.device(
             device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.space = spaces.get(config.space)
+        # A resumed run rebuilds the space it saved: the config may name a YAML path relative to another cwd.
+        self.space = spaces.get(config.space) if state is None else _saved_space(state, path)
         self.data = data or build_data(
             config.data.name, config.data.root, val_size=config.data.val_size, seed=config.seed,
             image_size=config.data.image_size, limit=config.data.limit,
@@ -170,6 +224,13 @@ class Trainer:
             param_groups(self.net, config.optim.weight_decay, config.optim.decay_bn_and_bias),
             lr=config.optim.lr, momentum=config.optim.momentum, nesterov=config.optim.nesterov,
         )
+        global_batch = config.data.batch_size * self.dist.world_size
+        if len(self.data.train) < global_batch:
+            raise DatasetError(
+                f"the training split holds {len(self.data.train)} images, fewer than one batch of {global_batch} "
+                f"(data.batch_size x {self.dist.world_size} processes); lower data.batch_size to at most "
+                f"{len(self.data.train) // self.dist.world_size} or train on more images (data.limit, data.val_size)"
+            )
         steps = self._loader(epoch=0, start_step=0).steps_per_epoch
         if config.train.max_steps_per_epoch:
             steps = min(steps, config.train.max_steps_per_epoch)
@@ -182,19 +243,35 @@ class Trainer:
         self.noise = torch.Generator(device=self.device).manual_seed(config.seed + 1)
         self.net.noise_generator = self.noise
         self.global_step = 0
-        self.counters = {"train_macs": 0, "wall_time": 0.0, "nonfinite_total": 0, "nonfinite_streak": 0}
+        self.last_eval: dict[str, Any] = {}
+        self._session_start, self._elapsed_before = time.perf_counter(), 0.0
+        # wall_time: seconds inside training steps; elapsed: seconds of run() in all, evaluation and
+        # checkpoints included, summed over sessions (what a run really took).
+        self.counters = {"train_macs": 0, "wall_time": 0.0, "elapsed": 0.0, "nonfinite_total": 0,
+                         "nonfinite_streak": 0}
         self._teacher_module = teacher_module
         self.snapshot: nn.Module | None = None
         self.teacher = self._build_teacher()
         if state is not None:
-            self._load_state(state)
+            self._load_state(state, path)
+            if self.dist.is_main:
+                self.run_dir.remove_orphans()
+                if from_epoch is not None:
+                    self._supersede_after(from_epoch)
+                if changed:
+                    atomic_write_text(self.run_dir.config, dump_config(config))
+            barrier(self.dist)
         else:
             if self.dist.is_main:  # everything validated and loaded: now claim the directory
                 self.run_dir.prepare_new(force)
+                self.run_dir.remove_orphans()
                 atomic_write_text(self.run_dir.config, dump_config(config))
             barrier(self.dist)
         self.log = MetricsLog(self.run_dir, truncate_after=self.global_step if resume else None,
                               enabled=self.dist.is_main)
+        if changed or from_epoch is not None:
+            self.log.write({"kind": "resume", "step": self.global_step, "overrides": changed,
+                            "from_epoch": from_epoch})
 
     def close(self) -> None:
         """Release the DistributedDataParallel wrapper; call before destroying the process group."""
@@ -224,6 +301,27 @@ class Trainer:
         self.snapshot = self.net.extract(largest).eval().requires_grad_(False)
         self.teacher = ExternalTeacher(self.snapshot, largest.resolution)
 
+    def _epoch_checkpoint(self, epoch: int) -> Path:
+        path = self.run_dir.epoch_checkpoint(epoch)
+        if not path.is_file():
+            kept = sorted(p.stem.removeprefix("epoch_") for p in self.run_dir.checkpoints.glob("epoch_*.pt"))
+            raise RunDirError(f"{path} not found; epoch checkpoints kept in {self.run_dir.checkpoints}: "
+                              f"{', '.join(k.lstrip('0') or '0' for k in kept) or 'none'}")
+        return path
+
+    def _supersede_after(self, epoch: int) -> None:
+        """Move latest.pt, later epoch checkpoints and the metrics into a folder: kept, never resumed from."""
+        target = self.run_dir.checkpoints / f"superseded-step{self.global_step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        later = [p for p in self.run_dir.checkpoints.glob("epoch_*.pt")
+                 if p.stem.removeprefix("epoch_").isdigit() and int(p.stem.removeprefix("epoch_")) > epoch]
+        target.mkdir(parents=True)
+        for p in [self.run_dir.latest, *later]:
+            if p.is_file():
+                p.rename(target / p.name)
+        if self.run_dir.metrics.is_file():
+            shutil.copy2(self.run_dir.metrics, target / self.run_dir.metrics.name)
+        shutil.copy2(self.run_dir.epoch_checkpoint(epoch), self.run_dir.latest)
+
     # -- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue bit-exactly."""
@@ -245,13 +343,21 @@ class Trainer:
             state["sampler"] = self.sampler.state_dict()
         return state
 
-    def _load_state(self, state: dict[str, Any]) -> None:
+    def _load_state(self, state: dict[str, Any], path: Path) -> None:
+        problem = state_mismatch(self.net.state_dict(), state["model"])
+        if problem:
+            raise RunDirError(f"checkpoint {path}: its weights do not fit its saved search space ({problem}); "
+                              "resume from an intact checkpoint with --from-epoch N")
         self.net.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.global_step = int(state["global_step"])
-        version, internal, gauss = state["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
-        self.noise.set_state(state["noise"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.global_step = int(state["global_step"])
+            version, internal, gauss = state["rng"]
+            self.rng.setstate((version, tuple(internal), gauss))
+            self.noise.set_state(state["noise"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise RunDirError(f"checkpoint {path} holds a damaged training state ({type(err).__name__}: {err}); "
+                              "resume from an intact checkpoint with --from-epoch N") from None
         self.counters.update(state["counters"])
         if state.get("snapshot") is not None:
             largest = self.space.largest()
@@ -273,6 +379,7 @@ class Trainer:
         """Write `latest.pt` (and the epoch checkpoint at an epoch's end) atomically; rank 0 only."""
         if not self.dist.is_main:
             return
+        self._tick()
         state = self.state_dict()
         save_checkpoint(self.run_dir.latest, state)
         if epoch_end is not None and self.config.train.keep_epoch_checkpoints:
@@ -374,36 +481,63 @@ class Trainer:
 
     # -- the run -------------------------------------------------------------------------------------
     def run(self, until_step: int | None = None) -> TrainResult:
-        """Train to the end of the schedule (or to `until_step`, then checkpoint and return)."""
+        """Train to the end of the schedule (or to `until_step`, then checkpoint and return).
+
+        Ctrl-C stops at the next step boundary with a checkpoint and raises TrainingInterrupted.
+        """
+        if until_step is not None and until_step < 1:
+            raise ValueError(f"until_step must be a step >= 1, got {until_step}")
         total = self.schedule.total_steps
         stop_at = total if until_step is None else min(until_step, total)
-        cfg = self.config
-        last_eval: dict[str, Any] = {}
+        self._session_start, self._elapsed_before = time.perf_counter(), float(self.counters["elapsed"])
         bar = tqdm(total=total, initial=self.global_step, disable=not self.progress, dynamic_ncols=True,
                    desc="train", unit="step")
         try:
-            while self.global_step < stop_at:
-                epoch, start = divmod(self.global_step, self.steps_per_epoch)
-                loader = self._loader(epoch, start)
-                plan = self.schedule.plan(self.global_step)
-                if start == 0 and plan.shrinking and not plan.phase_start and hasattr(self.sampler, "prepare"):
-                    self._prepare_sampler(epoch)  # re-estimated each epoch; phase starts prepare in _enter_phase
-                epoch_end = min((epoch + 1) * self.steps_per_epoch, total)
-                for images, labels in loader:
-                    if self.global_step >= min(epoch_end, stop_at):
-                        break
-                    self._one_step(images.to(self.device), labels.to(self.device), epoch, bar)
-                if self.global_step == epoch_end:
-                    every = cfg.train.eval_every_epochs
-                    if every and ((epoch + 1) % every == 0 or epoch_end == total):
-                        last_eval = self.evaluate_extremes(epoch + 1)
-                    self.save(epoch_end=epoch + 1)
-                else:  # stopped at `until_step` inside an epoch
-                    self.save()
+            with _DeferredInterrupt() as interrupt:
+                self._train_until(stop_at, total, bar, interrupt)
         finally:
             bar.close()
             self.log.flush()
-        return TrainResult(self.run_dir.root, self.global_step, total, self.global_step >= total, last_eval)
+        return TrainResult(self.run_dir.root, self.global_step, total, self.global_step >= total, self.last_eval)
+
+    def _tick(self) -> None:
+        """Bring the elapsed-time counter up to now."""
+        self.counters["elapsed"] = self._elapsed_before + time.perf_counter() - self._session_start
+
+    def _stop_if_interrupted(self, interrupt: _DeferredInterrupt, saved: bool = False) -> None:
+        # Every rank stops at the same step when any was interrupted (one all-reduce, multi-process only).
+        requested = not all_agree(not interrupt.requested, self.dist)
+        if requested:
+            if not saved:
+                self.save()
+            raise TrainingInterrupted(
+                f"interrupted at step {self.global_step}/{self.schedule.total_steps}; checkpoint written, "
+                f"continue with `supernet train --resume {self.run_dir.root}`"
+            )
+
+    def _train_until(self, stop_at: int, total: int, bar: tqdm, interrupt: _DeferredInterrupt) -> None:
+        cfg = self.config
+        while self.global_step < stop_at:
+            epoch, start = divmod(self.global_step, self.steps_per_epoch)
+            loader = self._loader(epoch, start)
+            plan = self.schedule.plan(self.global_step)
+            if start == 0 and plan.shrinking and not plan.phase_start and hasattr(self.sampler, "prepare"):
+                self._prepare_sampler(epoch)  # re-estimated each epoch; phase starts prepare in _enter_phase
+            epoch_end = min((epoch + 1) * self.steps_per_epoch, total)
+            for images, labels in loader:
+                if self.global_step >= min(epoch_end, stop_at):
+                    break
+                self._one_step(images.to(self.device), labels.to(self.device), epoch, bar)
+                if self.global_step < min(epoch_end, stop_at):
+                    self._stop_if_interrupted(interrupt)
+            if self.global_step == epoch_end:
+                every = cfg.train.eval_every_epochs
+                if every and ((epoch + 1) % every == 0 or epoch_end == total):
+                    self.last_eval = self.evaluate_extremes(epoch + 1)
+                self.save(epoch_end=epoch + 1)
+            else:  # stopped at `until_step` inside an epoch
+                self.save()
+            self._stop_if_interrupted(interrupt, saved=True)
 
     def _prepare_sampler(self, epoch: int) -> None:
         n = self.config.sampler.estimate_batches  # only the diversity sampler has `prepare`
@@ -431,10 +565,12 @@ class Trainer:
             self.counters["nonfinite_streak"] += 1
             if self.counters["nonfinite_streak"] >= cfg.train.max_nonfinite_steps:
                 self.save()
+                lr = cfg.optim.lr
                 raise TrainingStopped(
-                    f"{self.counters['nonfinite_streak']} non-finite losses in a row at step {self.global_step}; "
-                    f"lower optim.lr or enable optim.grad_clip, then resume from {self.run_dir.root} "
-                    "(its latest checkpoint holds the last good weights)"
+                    f"{self.counters['nonfinite_streak']} non-finite losses in a row at step {self.global_step} "
+                    "(the latest checkpoint holds the last good weights); continue with a lower learning rate or "
+                    f"gradient clipping: `supernet train --resume {self.run_dir.root} --set optim.lr={lr / 2:g}` "
+                    "(or --set optim.grad_clip.kind=norm), adding --from-epoch N to restart from an earlier epoch"
                 )
         else:
             self.counters["nonfinite_streak"] = 0
@@ -444,10 +580,12 @@ class Trainer:
             bar.set_postfix(phase=plan.phase, epoch=epoch + 1, loss=f"{out['loss']:.3f}", lr=f"{plan.lr:.4f}",
                             eps=f"{plan.sub_scale:.3g}", refresh=False)
             if self.global_step % cfg.train.log_every_steps == 0 or self.global_step == 1:
+                self._tick()
                 self.log.write({
                     "kind": "train", "step": self.global_step, "epoch": epoch + 1, "phase": plan.phase,
                     "lr": plan.lr, "eps": plan.sub_scale, **out, "train_macs": self.counters["train_macs"],
-                    "wall_time": self.counters["wall_time"], "skipped_steps": self.counters["nonfinite_total"],
+                    "wall_time": self.counters["wall_time"], "elapsed": self.counters["elapsed"],
+                    "skipped_steps": self.counters["nonfinite_total"],
                 })
         if self.global_step % cfg.train.checkpoint_every_steps == 0:
             self.save()
@@ -481,8 +619,11 @@ class Trainer:
             result = evaluator.evaluate(arch, "val")
             record[f"{label}_top1"] = result.top1
             record[f"{label}_loss"] = result.loss
+            record["val_images"] = result.images  # per-epoch evaluation may use a subset (train.eval_images)
+        self._tick()
         record["train_macs"] = self.counters["train_macs"]
         record["wall_time"] = self.counters["wall_time"]
+        record["elapsed"] = self.counters["elapsed"]
         self.log.write(record)
         if self.progress:
             tqdm.write(f"epoch {epoch}: val top-1 smallest {record['smallest_top1']:.2%} largest "
@@ -498,6 +639,10 @@ def _keep_global_batch(config: Config, global_batch: int, world_size: int) -> Co
                           f"resume with a number of processes that divides {global_batch}")
     data = config.data.model_copy(update={"batch_size": global_batch // world_size})
     return config.model_copy(update={"data": data})
+
+
+def _saved_space(state: dict[str, Any], path: Path) -> SearchSpace:
+    return SearchSpace.from_dict(state["space"], source=f"{path} (saved space)")
 
 
 def load_teacher(source: str, device: torch.device) -> tuple[nn.Module, int]:

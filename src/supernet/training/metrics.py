@@ -18,18 +18,34 @@ def _finite_or_none(value: Any) -> Any:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a metrics.jsonl file (a torn last line from a killed run is ignored)."""
+    """All records of a metrics.jsonl file (a torn last line from a killed run, or any bad line, is skipped)."""
+    return read_metrics_checked(path)[0]
+
+
+def read_metrics_checked(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """The valid records of a metrics.jsonl file and the 1-based numbers of the lines that were skipped.
+
+    A valid record is a JSON object whose `step`, when present, is an integer; anything else (a torn line,
+    bytes that are not UTF-8, a list, a text step) is skipped.
+    """
     path = Path(path)
     if path.is_dir():
         path = RunDir(path).metrics
-    records = []
+    records, skipped = [], []
     if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+        for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+            if not raw.strip():
                 continue
-    return records
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                record = None
+            step = record.get("step", 0) if isinstance(record, dict) else None
+            if not isinstance(step, int) or isinstance(step, bool):
+                skipped.append(number)
+                continue
+            records.append(record)
+    return records, skipped
 
 
 class MetricsLog:
@@ -47,7 +63,9 @@ class MetricsLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(run.tensorboard), purge_step=truncate_after)
+            # purge_step drops events at steps >= it: the checkpoint's own step keeps its scalars.
+            purge = None if truncate_after is None else truncate_after + 1
+            self._writer = SummaryWriter(str(run.tensorboard), purge_step=purge)
         except ImportError:  # tensorboard is a dependency; keep training if a user removed it
             self._writer = None
 
