@@ -205,7 +205,7 @@ def test_html_holds_runs_buckets_and_mean_pareto_accuracy(tmp_path: Path, two_ru
     assert "macs&lt;=3e6" in page and "none meets the budget" in page
     assert "measured no test accuracy" in page  # the second search has none
     assert "81.00%" in page and "89.00%" in page  # final smallest / largest val top-1 of the second run
-    assert "2.0 min" in page  # wall time of a run: the last eval at step 40, 3 s per step
+    assert "2.0 min (training steps only)" in page  # no elapsed counter logged: time inside steps, said so
 
 
 def test_several_runs_overlaid_in_the_front_plot(two_runs) -> None:
@@ -230,7 +230,7 @@ def test_run_without_evals_still_reports(tmp_path: Path) -> None:
     assert {p.name for p in index.parent.glob("*.png")} == {CURVES_PLOT, COST_PLOT}
     assert f'<img src="{ACCURACY_PLOT}"' not in page
     assert "no evaluation records" in page and "No search given" in page
-    assert "smallest val top-1" in page and "—" in page
+    assert "smallest: last per-epoch val top-1" in page and "—" in page
 
 
 def test_search_alone_pulls_in_its_run(tmp_path: Path) -> None:
@@ -278,6 +278,6 @@ def test_load_run_ignores_torn_line_and_split_inputs(two_runs) -> None:
     info = load_run(runs[0])
     assert len(info.train) == 10 and len(info.evals) == 2
     assert info.latest("wall_time") == 120.0
-    assert split_inputs([searches[1], runs[0]]) == ([runs[0]], [searches[1]])
+    assert split_inputs([searches[1], runs[0]]) == ([runs[0]], [searches[1]], [])
     with pytest.raises(ReportError, match="neither a run directory"):
         split_inputs([runs[0].parent])

@@ -209,8 +209,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from supernet.report import split_inputs, write_report
 
-    runs, searches = split_inputs([Path(p) for p in args.paths])
-    index = write_report(runs, searches, Path(args.out), title=args.title)
+    runs, searches, exports = split_inputs([Path(p) for p in args.paths])
+    index = write_report(runs, searches, Path(args.out), title=args.title, export_dirs=exports)
     print(f"wrote {index}")
     return 0
 
@@ -413,9 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="HTML page + PNG plots: fronts, training curves, bucket table, training cost",
         description="Write an HTML report with PNG plots: accuracy vs MACs of every evaluated sub-network and "
         "the front (several runs overlaid), training curves of the smallest and largest networks, the MACs "
-        "bucket table, mean Pareto accuracy and training cost.",
+        "bucket table, mean Pareto accuracy, training cost and the exported models. Every accuracy names "
+        "its split and number of images. Malformed metrics records are skipped and listed in the notes.",
     )
-    report.add_argument("paths", nargs="+", metavar="DIR", help="run directories and/or search directories")
+    report.add_argument("paths", nargs="+", metavar="DIR",
+                        help="run directories, search directories and/or export directories (any mix)")
     report.add_argument("--out", required=True, help="output directory for index.html and the plots")
     report.add_argument("--title", default=None, help="page title (default: the runs' names)")
     report.set_defaults(handler=_cmd_report)

@@ -64,7 +64,8 @@ def run_demo(out: Path, *, recipe: Path | None = None, overrides: list[str] | No
         rows.append(DemoRow(str(budget), best.macs, done.val.top1, done.test.top1, target))
     from supernet.report import write_report
 
-    index = write_report([run_dir], [search_dir], report_dir, title="supernet demo: DepS + adaptive alpha on Fashion-MNIST")
+    index = write_report([run_dir], [search_dir], report_dir, title="supernet demo: DepS + adaptive alpha on Fashion-MNIST",
+                         export_dirs=[r.path for r in rows])
     print(summary(rows, report, run_dir, search_dir, index))
     return rows
 

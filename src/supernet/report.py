@@ -19,7 +19,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 
 from supernet.fileio import atomic_write_bytes, atomic_write_text
 from supernet.search.front_file import FrontFileError, read_front
-from supernet.training.metrics import read_metrics
+from supernet.training.metrics import read_metrics_checked
 
 ACCURACY_PLOT = "accuracy_vs_macs.png"
 CURVES_PLOT = "training_curves.png"
@@ -27,6 +27,7 @@ COST_PLOT = "training_cost.png"
 PLOTS = (ACCURACY_PLOT, CURVES_PLOT, COST_PLOT)
 _LINESTYLES = ("-", "--", ":", "-.")
 _MISSING = "—"
+EXPORT_DOC = "arch.json"  # what `supernet export` writes beside the weights (supernet.export.ARCH_FILE)
 
 
 class ReportError(ValueError):
@@ -42,6 +43,8 @@ class RunInfo:
     recipe: tuple[str, str, str, str] | None
     train: list[dict[str, Any]]
     evals: list[dict[str, Any]]
+    config: dict[str, Any] | None = None
+    skipped_lines: tuple[int, ...] = ()
 
     @property
     def label(self) -> str:
@@ -52,6 +55,20 @@ class RunInfo:
         """The largest logged value of a cumulative counter (wall_time, train_macs), None if never logged."""
         values = [r[key] for r in self.train + self.evals if isinstance(r.get(key), (int, float))]
         return max(values) if values else None
+
+    def run_time(self) -> tuple[float | None, bool]:
+        """Seconds the whole run took (evaluation and checkpoints included) and whether that was logged.
+
+        Runs from before the `elapsed` counter logged only the time inside training steps; that is
+        returned with False so the page can say so.
+        """
+        elapsed = self.latest("elapsed")
+        return (elapsed, True) if elapsed is not None else (self.latest("wall_time"), False)
+
+    def setting(self, section: str, key: str) -> Any:
+        """A value of the run's config.yaml, None when absent."""
+        value = (self.config or {}).get(section)
+        return value.get(key) if isinstance(value, dict) else None
 
 
 @dataclass(frozen=True)
@@ -77,18 +94,29 @@ def _label(name: str, recipe: tuple[str, str, str, str] | None) -> str:
     return f"{name}: {'/'.join(recipe)}" if recipe else name
 
 
-def read_recipe(config_path: Path) -> tuple[str, str, str, str] | None:
-    """(sampler, teacher, divergence, schedule) names from a run's config.yaml; None if the file is absent."""
+def read_run_config(config_path: Path) -> dict[str, Any] | None:
+    """A run's config.yaml as a mapping; None if the file is absent."""
     if not config_path.is_file():
         return None
     try:
-        config = yaml.safe_load(config_path.read_text())
-    except yaml.YAMLError as err:
+        config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ReportError(
-            f"{config_path} is not valid YAML ({err}); restore the config the run wrote"
+            f"{config_path} is not valid YAML ({err}); restore the config the run wrote".replace("\n", " ")
         ) from None
     if not isinstance(config, dict):
         raise ReportError(f"{config_path} does not hold a config mapping; restore the config the run wrote")
+    return config
+
+
+def read_recipe(config_path: Path) -> tuple[str, str, str, str] | None:
+    """(sampler, teacher, divergence, schedule) names from a run's config.yaml; None if the file is absent."""
+    config = read_run_config(config_path)
+    return None if config is None else _recipe_of(config)
+
+
+def _recipe_of(config: dict[str, Any]) -> tuple[str, str, str, str]:
+    """(sampler, teacher, divergence, schedule) names of a config mapping ('?' where absent)."""
 
     def name(section: str, key: str) -> str:
         value = config.get(section)
@@ -110,13 +138,15 @@ def load_run(path: str | Path) -> RunInfo:
             f"run directory {root} has no metrics.jsonl; train first "
             f"(`supernet train CONFIG --out {root}`) or pass the directory a run wrote"
         )
-    records = read_metrics(root / "metrics.jsonl")
+    records, skipped = read_metrics_checked(root / "metrics.jsonl")
 
     def by_step(kind: str) -> list[dict[str, Any]]:
         return sorted((r for r in records if r.get("kind") == kind), key=lambda r: r.get("step", 0))
 
+    config = read_run_config(root / "config.yaml")
     return RunInfo(
-        root, root.resolve().name, read_recipe(root / "config.yaml"), by_step("train"), by_step("eval")
+        root, root.resolve().name, None if config is None else _recipe_of(config), by_step("train"),
+        by_step("eval"), config, tuple(skipped),
     )
 
 
@@ -131,21 +161,47 @@ def load_search(path: str | Path) -> SearchInfo:
     return SearchInfo(root, root.resolve().name, run_dir, data)
 
 
-def split_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
-    """Sort directories into run directories (metrics.jsonl) and search directories (front.json)."""
-    runs, searches = [], []
+@dataclass(frozen=True)
+class ExportInfo:
+    """One export directory of `supernet export`: its arch.json description."""
+
+    root: Path
+    doc: dict[str, Any]
+
+
+def load_export(path: str | Path) -> ExportInfo:
+    """Read an export directory's arch.json (no weights are loaded); ReportError if it is not one."""
+    root = Path(path)
+    doc_path = root / EXPORT_DOC
+    try:
+        doc = json.loads(doc_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ReportError(f"{root} has no {EXPORT_DOC}; pass a directory written by `supernet export`") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ReportError(f"{doc_path} cannot be read as JSON ({err}); re-export it with `supernet export`") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("arch"), dict):
+        raise ReportError(f"{doc_path} is not a supernet export description; re-export it with `supernet export`")
+    return ExportInfo(root, doc)
+
+
+def split_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path], list[Path]]:
+    """Sort directories into runs (metrics.jsonl), searches (front.json) and exports (arch.json)."""
+    runs, searches, exports = [], [], []
     for p in map(Path, paths):
         is_search, is_run = (p / "front.json").is_file(), (p / "metrics.jsonl").is_file()
-        if not (is_search or is_run):
+        is_export = (p / EXPORT_DOC).is_file()
+        if not (is_search or is_run or is_export):
             raise ReportError(
-                f"{p} is neither a run directory (metrics.jsonl) nor a search directory (front.json); "
-                "train with `supernet train` or search with `supernet search` first"
+                f"{p} is neither a run directory (metrics.jsonl), a search directory (front.json) nor an export "
+                f"({EXPORT_DOC}); train with `supernet train`, search with `supernet search` or export first"
             )
         if is_run:
             runs.append(p)
         if is_search:
             searches.append(p)
-    return runs, searches
+        if is_export:
+            exports.append(p)
+    return runs, searches, exports
 
 
 def _same_dir(a: Path, b: Path) -> bool:
@@ -347,20 +403,39 @@ def curves_figure(runs: Sequence[tuple[RunInfo, Style]], notes: list[str]) -> Fi
         if not r.train:
             notes.append(f"Run {r.name} has no training records yet; its loss curve is not shown.")
             continue
+        full_name, student_name = loss_names(r)
         steps, full = _series(r.train, "step", "loss_full")
-        if not full:  # samplers that skip the largest network log only the mean loss
-            steps, full = _series(r.train, "step", "loss")
-            notes.append(
-                f"Run {r.name} logs no largest-network loss; its loss curve is the mean over sub-networks."
-            )
-        loss.plot(steps, full, color=st.colour, linewidth=1, label=st.label)
+        if full:
+            loss.plot(steps, full, color=st.colour, linewidth=1, label=f"{r.name}: largest, {full_name}")
+        steps, students = _series(r.train, "step", "loss_students")
+        if students:
+            loss.plot(steps, students, color=st.colour, linewidth=1, linestyle="--",
+                      label=f"{r.name}: sub-networks, {student_name}")
+        if not full and not students:  # records from before the split into largest and sub-networks
+            steps, mean = _series(r.train, "step", "loss")
+            loss.plot(steps, mean, color=st.colour, linewidth=1, label=f"{r.name}: mean over sub-networks")
     if any(r.train for r, _ in runs):
-        loss.legend(fontsize=8)
+        loss.legend(fontsize=7)
     else:
         loss.text(0.5, 0.5, "no training records", ha="center", va="center", transform=loss.transAxes)
-    loss.set(xlabel="step", ylabel="loss", title="Training loss of the largest network")
+    loss.set(xlabel="step", ylabel="loss", title="Training losses")
     loss.grid(alpha=0.3)
     return fig
+
+
+def loss_names(r: RunInfo) -> tuple[str, str]:
+    """What the logged losses of a run are: (the largest network's, the other sub-networks')."""
+    smoothing = r.setting("optim", "label_smoothing")
+    ce = "cross-entropy" + (f" (label smoothing {smoothing:g})" if isinstance(smoothing, (int, float)) and smoothing else "")
+    teacher = r.setting("teacher", "name")
+    divergence = r.setting("distill", "divergence") or "?"
+    kd, ce_weight = r.setting("distill", "kd_weight"), r.setting("distill", "ce_weight")
+    if teacher in (None, "none"):
+        return ce, ce
+    student = f"{kd:g} x {divergence}" if isinstance(kd, (int, float)) and kd != 1 else str(divergence)
+    if isinstance(ce_weight, (int, float)) and ce_weight:
+        student += f" + {ce_weight:g} x {ce}"
+    return ce, f"{student} to the {teacher} teacher"
 
 
 def _time_unit(seconds: float) -> tuple[float, str]:
@@ -381,9 +456,9 @@ def cost_figure(runs: Sequence[tuple[RunInfo, Style]], notes: list[str]) -> Figu
     wall, macs = fig.subplots(1, 2)
     names = [r.name for r, _ in costed]
     colours = [st.colour for _, st in costed]
-    scale, unit = _time_unit(max(r.latest("wall_time") or 0.0 for r, _ in costed))
-    wall.bar(names, [(r.latest("wall_time") or 0.0) / scale for r, _ in costed], color=colours)
-    wall.set(ylabel=f"wall time ({unit})", title="Training wall time")
+    scale, unit = _time_unit(max(r.run_time()[0] or 0.0 for r, _ in costed))
+    wall.bar(names, [(r.run_time()[0] or 0.0) / scale for r, _ in costed], color=colours)
+    wall.set(ylabel=f"run time ({unit})", title="Run time")
     macs.bar(names, [(r.latest("train_macs") or 0.0) / 1e12 for r, _ in costed], color=colours)
     macs.set(ylabel="TMACs", title="Training MACs (forward + backward)")
     for ax in (wall, macs):
@@ -431,10 +506,52 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _numbers(values: Any) -> str:
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def arch_text(arch: dict[str, Any]) -> str:
+    """A readable one-line summary of an architecture dict: resolution, stem, one bracket per stage, head.
+
+    Each stage reads `d<depth> w<width> k<kernel per block> e<expand ratio per block>`; a dict of another
+    shape is shown as compact JSON.
+    """
+    keys = ("resolution", "stem_width", "widths", "depths", "kernels", "expand_ratios", "head_width")
+    if not isinstance(arch, dict) or any(k not in arch for k in keys):
+        return json.dumps(arch, separators=(",", ":"))
+    try:
+        stages = [
+            f"[d{d} w{w} k{_numbers(k)} e{_numbers(e)}]"
+            for w, d, k, e in zip(arch["widths"], arch["depths"], arch["kernels"], arch["expand_ratios"], strict=True)
+        ]
+    except (TypeError, ValueError):
+        return json.dumps(arch, separators=(",", ":"))
+    return f"{arch['resolution']}px · stem {arch['stem_width']} · {' '.join(stages)} · head {arch['head_width']}"
+
+
 def _arch(c: dict[str, Any] | None) -> str:
     if not c or not c.get("arch"):
         return _MISSING
-    return f"<code>{_e(json.dumps(c['arch'], separators=(',', ':')))}</code>"
+    full = json.dumps(c["arch"], separators=(",", ":"))
+    return f'<code title="{_e(full)}">{_e(arch_text(c["arch"]))}</code>'
+
+
+def _pct_on(value: Any, images: Any, split: str) -> str:
+    """A percentage with the split and number of images it was measured on."""
+    if not isinstance(value, (int, float)):
+        return _MISSING
+    count = f"{images} {split} images" if isinstance(images, int) else f"{split}, images not recorded"
+    return f"{_pct(value)} <small>({_e(count)})</small>"
+
+
+def _data_text(r: RunInfo) -> str:
+    name = r.setting("data", "name") or "?"
+    parts = [str(name)]
+    if r.setting("data", "limit"):
+        parts.append(f"limit {r.setting('data', 'limit')}")
+    if r.setting("data", "val_size") is not None:
+        parts.append(f"val {r.setting('data', 'val_size')} held out of train")
+    return ", ".join(parts)
 
 
 def _runs_html(runs: list[RunInfo]) -> str:
@@ -445,30 +562,33 @@ def _runs_html(runs: list[RunInfo]) -> str:
         epoch = max((x.get("epoch", 0) for x in r.train + r.evals), default=None)
         tmacs = r.latest("train_macs")
         recipe = r.recipe or ("?",) * 4
+        seconds, whole = r.run_time()
         rows.append(
             [
                 _e(r.name),
+                _e(_data_text(r)),
                 *map(_e, recipe),
                 _e(_MISSING if epoch is None else epoch),
                 _e(_MISSING if steps is None else steps),
-                _e(_duration(r.latest("wall_time"))),
+                _e(_duration(seconds) + ("" if whole or seconds is None else " (training steps only)")),
                 _e(_MISSING if tmacs is None else f"{tmacs / 1e12:.3g}"),
-                _pct(last.get("smallest_top1")),
-                _pct(last.get("largest_top1")),
+                _pct_on(last.get("smallest_top1"), last.get("val_images"), "val"),
+                _pct_on(last.get("largest_top1"), last.get("val_images"), "val"),
             ]
         )
     header = [
         "run",
+        "data",
         "sampler",
         "teacher",
         "divergence",
         "schedule",
         "epochs",
         "steps",
-        "wall time",
+        "run time",
         "training TMACs",
-        "smallest val top-1",
-        "largest val top-1",
+        "smallest: last per-epoch val top-1",
+        "largest: last per-epoch val top-1",
     ]
     return _table(header, rows)
 
@@ -477,16 +597,18 @@ def _searches_html(searches: list[SearchInfo], styles: list[Style]) -> str:
     rows = []
     for s, st in zip(searches, styles, strict=True):
         d, meta = s.data, s.data.get("search") or {}
+        n_val, n_test = _images(d, "val"), _images(d, "test")
+        smallest, largest = d.get("smallest") or {}, d.get("largest") or {}
         rows.append(
             [
                 _e(s.name),
                 _e(st.label),
-                _pct(d["mean_pareto_accuracy"]),
+                _pct_on(d["mean_pareto_accuracy"], n_val, "val"),
                 _e(len(d["front"])),
                 _e(meta.get("evaluations", len(d["evaluated"]))),
                 _e(_duration(meta.get("wall_time"))),
-                _pct((d.get("smallest") or {}).get("val_top1")),
-                _pct((d.get("largest") or {}).get("val_top1")),
+                _pct_on(smallest.get("val_top1"), n_val, "val") + "<br>" + _pct_on(smallest.get("test_top1"), n_test, "test"),
+                _pct_on(largest.get("val_top1"), n_val, "val") + "<br>" + _pct_on(largest.get("test_top1"), n_test, "test"),
             ]
         )
     return _table(
@@ -497,11 +619,17 @@ def _searches_html(searches: list[SearchInfo], styles: list[Style]) -> str:
             "front size",
             "evaluations",
             "search time",
-            "smallest val top-1",
-            "largest val top-1",
+            "smallest: val / test top-1",
+            "largest: val / test top-1",
         ],
         rows,
     )
+
+
+def _images(front: dict[str, Any], split: str) -> int | None:
+    """How many images a search's `split` accuracies were measured on (None in older front files)."""
+    count = (front.get("images") or {}).get(split)
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
 
 
 def _candidate_cells(c: dict[str, Any] | None, latency: bool) -> list[str]:
@@ -522,7 +650,12 @@ def _search_html(s: SearchInfo, style: Style) -> str:
     members = [c for c in members if c]
     latency = any(isinstance(c.get("latency_ms"), (int, float)) for c in members)
     has_test = any(isinstance(c.get("test_top1"), (int, float)) for c in members)
-    cand_header = ["MACs", "params"] + (["latency"] if latency else []) + ["val top-1", "test top-1", "arch"]
+    n_val, n_test = _images(d, "val"), _images(d, "test")
+    cand_header = ["MACs", "params"] + (["latency"] if latency else []) + [
+        "val top-1" + ("" if n_val is None else f" ({n_val} images)"),
+        "test top-1" + ("" if n_test is None else f" ({n_test} images)"),
+        "architecture",
+    ]
     meta = d.get("search") or {}
     facts = [
         ("run", d.get("run_dir", _MISSING)),
@@ -537,7 +670,7 @@ def _search_html(s: SearchInfo, style: Style) -> str:
     ]
     parts = [
         f"<h3>Search {_e(s.name)} <small>({_e(style.label)})</small></h3>",
-        f'<p class="mpa">Mean Pareto accuracy: <strong>{_pct(d["mean_pareto_accuracy"])}</strong></p>',
+        f'<p class="mpa">Mean Pareto accuracy: <strong>{_pct_on(d["mean_pareto_accuracy"], n_val, "val")}</strong></p>',
         '<ul class="facts">' + "".join(f"<li>{_e(k)}: {_e(v)}</li>" for k, v in facts) + "</ul>",
     ]
     if not has_test:
@@ -570,6 +703,26 @@ def _search_html(s: SearchInfo, style: Style) -> str:
     return "\n".join(parts)
 
 
+def _exports_html(exports: list[ExportInfo]) -> str:
+    rows = []
+    for x in exports:
+        card, c = x.doc.get("card") or {}, x.doc.get("cost") or {}
+        val, test = card.get("val") or {}, card.get("test") or {}
+        rows.append([
+            _e(x.root),
+            _e(card.get("budget", _MISSING)),
+            _e(_macs(c.get("macs"))),
+            _e(_macs(c.get("params"))),
+            _pct_on(val.get("top1"), val.get("images"), "val"),
+            _pct_on(test.get("top1"), test.get("images"), "test"),
+            _e("yes" if x.doc.get("onnx") else "no"),
+            _e(card.get("source", _MISSING)),
+            _arch({"arch": x.doc["arch"]}),
+        ])
+    header = ["export", "budget", "MACs", "params", "val top-1", "test top-1", "ONNX", "from run", "architecture"]
+    return _table(header, rows)
+
+
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:75em;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
@@ -579,9 +732,10 @@ th{background:#f3f3f3}code{font-size:.8em;word-break:break-all}img{max-width:100
 _CAPTIONS = {
     ACCURACY_PLOT: "Val top-1 vs MACs: faint points are every evaluated sub-network, step lines the "
     "Pareto fronts (× marks test top-1 of front members where measured).",
-    CURVES_PLOT: "Left: val top-1 of the largest (solid) and smallest (dashed) sub-networks per epoch. "
-    "Right: training loss of the largest sub-network per step.",
-    COST_PLOT: "Training cost per run: wall time and training MACs.",
+    CURVES_PLOT: "Left: val top-1 of the largest (solid) and smallest (dashed) sub-networks at each per-epoch "
+    "evaluation (on train.eval_images val images when set). Right: training losses per step: the largest "
+    "network's (solid) and the mean of the other sub-networks' (dashed), each named in the legend.",
+    COST_PLOT: "Training cost per run: run time (evaluation and checkpoints included where logged) and training MACs.",
 }
 
 
@@ -592,6 +746,7 @@ def render_html(
     search_styles: list[Style],
     plots: list[str],
     notes: list[str],
+    exports: Sequence[ExportInfo] = (),
 ) -> str:
     """The self-contained report page (no scripts, no external resources); all inserted text is escaped."""
     parts = [
@@ -603,6 +758,7 @@ def render_html(
     ]
     parts.append("<h2>Training runs</h2>")
     parts.append(_runs_html(runs) if runs else '<p class="note">No training run given.</p>')
+    exports = list(exports)
     if searches:
         parts += ["<h2>Searches</h2>", _searches_html(searches, search_styles)]
     else:
@@ -617,6 +773,8 @@ def render_html(
             f'<figure><img src="{_e(name)}" alt="{_e(name)}">'
             f"<figcaption>{_e(_CAPTIONS.get(name, name))}</figcaption></figure>"
         )
+    if exports:
+        parts += ["<h2>Exported models</h2>", _exports_html(exports)]
     if searches:
         parts.append("<h2>Search details</h2>")
         parts += [_search_html(s, st) for s, st in zip(searches, search_styles, strict=True)]
@@ -641,17 +799,28 @@ def _distinct(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def write_report(
-    run_dirs: list[Path], search_dirs: list[Path], out: Path, *, title: str | None = None
+    run_dirs: list[Path],
+    search_dirs: list[Path],
+    out: Path,
+    *,
+    title: str | None = None,
+    export_dirs: Sequence[Path] = (),
 ) -> Path:
-    """Write index.html and PNG plots comparing runs and searches into `out`; return the index.html path."""
+    """Write index.html and PNG plots comparing runs, searches and exports into `out`; return its path."""
     runs = [load_run(p) for p in _distinct(run_dirs)]
     searches = [load_search(p) for p in _distinct(search_dirs)]
-    if not runs and not searches:
-        raise ReportError("nothing to report: give at least one run directory or search directory")
+    exports = [load_export(p) for p in _distinct(export_dirs)]
+    if not runs and not searches and not exports:
+        raise ReportError("nothing to report: give at least one run, search or export directory")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ReportError(f"report output {out} is a file; choose a directory for --out")
     notes: list[str] = []
+    for r in runs:
+        if r.skipped_lines:
+            lines = ", ".join(map(str, r.skipped_lines[:5])) + (" ..." if len(r.skipped_lines) > 5 else "")
+            notes.append(f"Run {r.name}: skipped {len(r.skipped_lines)} malformed record(s) of metrics.jsonl "
+                         f"(line {lines}).")
     runs, owners = _link_searches(runs, searches, notes)
     runs = _unique_names(runs)
     run_styles, search_styles = _styles(runs, searches, owners)
@@ -669,7 +838,9 @@ def write_report(
             _save_png(fig, out / name)
             written.append(name)
     if title is None:
-        title = "Supernet report: " + ", ".join([r.name for r in runs] or [s.name for s in searches])
+        title = "Supernet report: " + ", ".join(
+            [r.name for r in runs] or [s.name for s in searches] or [x.root.name for x in exports]
+        )
     index = out / "index.html"
-    atomic_write_text(index, render_html(title, runs, searches, search_styles, written, notes))
+    atomic_write_text(index, render_html(title, runs, searches, search_styles, written, notes, exports))
     return index
