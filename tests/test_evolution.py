@@ -393,3 +393,33 @@ def test_budget_search_finds_the_best_feasible_per_budget(tmp_path: Path) -> Non
         == answers
     )
     assert again.calls == []
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_predictor_search_killed_at_a_random_generation_resumes_to_the_same_front(tmp_path: Path, seed: int) -> None:
+    """Fault injection: a search screened by an accuracy predictor fit on its own evaluations."""
+    from supernet.search.predictor import AccuracyPredictor
+
+    def screen(children: list[Arch], k: int, evaluated: Sequence[Candidate]) -> list[Arch]:
+        predictor = AccuracyPredictor(SPACE).fit([c.arch for c in evaluated], [c.val_top1 for c in evaluated])
+        return predictor.prescreen(children, k)
+
+    settings = SearchSettings(**{**SMALL.to_dict(), "iterations": 5, "prescreen_keep": 6, "seed": seed})
+    whole = evolutionary_search(SPACE, objectives(), Recorder(), settings, progress=False, prescreen=screen)
+    kill_at = random.Random(seed).randrange(1, settings.iterations + 1)  # the call evaluating generation kill_at
+    path = tmp_path / "state.json"
+    with pytest.raises(Killed):
+        evolutionary_search(SPACE, objectives(), Recorder(fail_at=kill_at), settings, state_path=path,
+                            progress=False, prescreen=screen)
+    assert json.loads(path.read_text())["generation"] == kill_at - 1
+    resumed = evolutionary_search(SPACE, objectives(), Recorder(), settings, state_path=path, progress=False,
+                                  prescreen=screen)
+    assert resumed.evaluated == whole.evaluated and resumed.front == whole.front
+
+
+def test_a_state_of_another_source_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    evolutionary_search(SPACE, objectives(), Recorder(), SMALL, state_path=path, progress=False, source="checkpoint a")
+    with pytest.raises(SearchError, match="computed on checkpoint a, not on checkpoint b .* stale"):
+        evolutionary_search(SPACE, objectives(), Recorder(), SMALL, state_path=path, progress=False,
+                            source="checkpoint b")

@@ -281,3 +281,41 @@ def test_load_run_ignores_torn_line_and_split_inputs(two_runs) -> None:
     assert split_inputs([searches[1], runs[0]]) == ([runs[0]], [searches[1]], [])
     with pytest.raises(ReportError, match="neither a run directory"):
         split_inputs([runs[0].parent])
+
+
+def test_every_accuracy_names_its_split_and_images_and_the_page_shows_data_time_exports(tmp_path: Path) -> None:
+    from supernet.report import arch_text, load_run, loss_names
+
+    run = make_run(tmp_path / "run", RECIPES["deps_alpha"])
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"].update({"val_size": 5000, "limit": 20000})
+    config["optim"]["label_smoothing"] = 0.1
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    with (run / "metrics.jsonl").open("a") as fh:  # after the torn line: a newer run's eval record
+        fh.write('\n{"kind": "eval", "step": 44, "epoch": 3, "smallest_top1": 0.5, "largest_top1": 0.85, '
+                 '"val_images": 128, "elapsed": 600.0, "wall_time": 420.0}\n')
+    search = make_search(tmp_path / "search", run, offset=0.0, with_test=True)
+    front = json.loads((search / "front.json").read_text())
+    front["images"] = {"val": 5000, "test": 10000}
+    arch = {"resolution": 28, "stem_width": 16, "widths": [16, 32], "depths": [2, 1], "kernels": [[3, 5], [3]],
+            "expand_ratios": [[4, 6], [3]], "head_width": 128}
+    front["smallest"]["arch"] = arch
+    (search / "front.json").write_text(json.dumps(front))
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "arch.json").write_text(json.dumps({
+        "format": 1, "arch": arch, "onnx": "model.onnx", "cost": {"macs": 2_500_000, "params": 60_000},
+        "card": {"budget": "macs<=3M", "source": str(run), "val": {"top1": 0.83, "images": 5000},
+                 "test": {"top1": 0.82, "images": 10000}},
+    }))
+    page = write_report([run], [search], tmp_path / "report", export_dirs=[export]).read_text()
+    assert "85.00% <small>(128 val images)</small>" in page  # per-epoch evaluation on a subset, said so
+    assert "(5000 val images)" in page and "(10000 test images)" in page  # the search's figures
+    assert "val top-1 (5000 images)" in page and "test top-1 (10000 images)" in page
+    assert "fashion_mnist, limit 20000, val 5000 held out of train" in page
+    assert "10.0 min" in page and "training steps only" not in page  # run time: everything the run spent
+    assert "<h2>Exported models</h2>" in page and "macs&lt;=3M" in page and "82.00% <small>(10000 test images)" in page
+    readable = "28px · stem 16 · [d2 w16 k3,5 e4,6] [d1 w32 k3 e3] · head 128"
+    assert arch_text(arch) == readable and readable in page
+    assert loss_names(load_run(run)) == ("cross-entropy (label smoothing 0.1)", "adaptive_alpha to the inplace teacher")
+    assert arch_text({"width": [1]}) == '{"width":[1]}'  # a dict of another shape stays readable JSON

@@ -354,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("run_dir", help="a run directory of `supernet train`")
     ev.add_argument("--arch", default="largest", help="largest, smallest or an ARCH.json (default: largest)")
-    ev.add_argument("--split", choices=["val", "test"], default="val")
+    ev.add_argument("--split", choices=["val", "test"], default="val",
+                    help="held-out val split (selection) or the official test split (final numbers)")
     ev.add_argument("--json", action="store_true", help="print JSON")
     _add_eval_options(ev)
     ev.set_defaults(handler=_cmd_eval)

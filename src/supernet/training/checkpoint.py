@@ -111,6 +111,13 @@ class RunDir:
         """The checkpoint kept at the end of `epoch` (1-based)."""
         return self.checkpoints / f"epoch_{epoch:03d}.pt"
 
+    def kept_epochs(self) -> list[int]:
+        """The epochs whose checkpoint (epoch_NNN.pt) is in the checkpoints folder, in order."""
+        if not self.checkpoints.is_dir():
+            return []
+        names = (p.stem.removeprefix("epoch_") for p in self.checkpoints.glob("epoch_*.pt"))
+        return sorted(int(n) for n in names if n.isdigit())
+
     def has_checkpoint(self) -> bool:
         """Whether a resumable checkpoint exists."""
         return self.latest.is_file()

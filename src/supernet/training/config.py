@@ -301,6 +301,21 @@ def resume_config(saved: Config, overrides: list[str]) -> tuple[Config, dict[str
     return config_from_dict(data, "--resume --set"), changed
 
 
+def resume_differences(base: Config, current: Config) -> list[str]:
+    """`key=value` overrides (RESUME_OVERRIDES keys only) that turn `base` into `current`'s settings."""
+    import json
+
+    old, new = base.model_dump(mode="json"), current.model_dump(mode="json")
+    out = []
+    for key in RESUME_OVERRIDES:
+        a, b = old, new
+        for part in key.split("."):
+            a, b = a[part], b[part]
+        if a != b:
+            out.append(f"{key}={json.dumps(b)}")
+    return out
+
+
 def dump_config(config: Config) -> str:
     """The resolved config as YAML (every default filled in)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -48,7 +48,14 @@ from supernet.training.checkpoint import (
     save_checkpoint,
     state_mismatch,
 )
-from supernet.training.config import Config, config_from_dict, dump_config, resume_config
+from supernet.training.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    dump_config,
+    resume_config,
+    resume_differences,
+)
 from supernet.training.metrics import MetricsLog
 from supernet.training.samplers import (
     AttentiveSampler,
@@ -184,7 +191,10 @@ class Trainer:
             state = load_checkpoint(path)
             require_keys(state, path, RESUME_KEYS)
             config = config_from_dict(state["config"], source=f"{path} (saved config)")
-            config, changed = resume_config(config, resume_overrides or [])
+            overrides = list(resume_overrides or [])
+            if from_epoch is not None:  # rewind the weights, keep the settings the run has now
+                overrides = self._current_settings(config) + overrides
+            config, changed = resume_config(config, overrides)
             config = _keep_global_batch(config, int(state["global_batch"]), self.dist.world_size)
         elif config is None:
             raise ValueError("a config is required unless resuming")
@@ -253,7 +263,7 @@ class Trainer:
         self.snapshot: nn.Module | None = None
         self.teacher = self._build_teacher()
         if state is not None:
-            self._load_state(state, path)
+            self._load_state(state, path, changed_settings=bool(changed) or from_epoch is not None)
             if self.dist.is_main:
                 self.run_dir.remove_orphans()
                 if from_epoch is not None:
@@ -301,19 +311,25 @@ class Trainer:
         self.snapshot = self.net.extract(largest).eval().requires_grad_(False)
         self.teacher = ExternalTeacher(self.snapshot, largest.resolution)
 
+    def _current_settings(self, epoch_config: Config) -> list[str]:
+        """Overrides that carry the latest checkpoint's resume settings onto an epoch checkpoint's config."""
+        try:
+            latest = config_from_dict(load_checkpoint(self.run_dir.latest)["config"])
+        except (RunDirError, ConfigError, KeyError):  # a damaged latest.pt: the epoch's own settings
+            return []
+        return resume_differences(epoch_config, latest)
+
     def _epoch_checkpoint(self, epoch: int) -> Path:
         path = self.run_dir.epoch_checkpoint(epoch)
         if not path.is_file():
-            kept = sorted(p.stem.removeprefix("epoch_") for p in self.run_dir.checkpoints.glob("epoch_*.pt"))
-            raise RunDirError(f"{path} not found; epoch checkpoints kept in {self.run_dir.checkpoints}: "
-                              f"{', '.join(k.lstrip('0') or '0' for k in kept) or 'none'}")
+            kept = ", ".join(map(str, self.run_dir.kept_epochs())) or "none"
+            raise RunDirError(f"{path} not found; epoch checkpoints kept in {self.run_dir.checkpoints}: {kept}")
         return path
 
     def _supersede_after(self, epoch: int) -> None:
         """Move latest.pt, later epoch checkpoints and the metrics into a folder: kept, never resumed from."""
         target = self.run_dir.checkpoints / f"superseded-step{self.global_step}-{time.strftime('%Y%m%d-%H%M%S')}"
-        later = [p for p in self.run_dir.checkpoints.glob("epoch_*.pt")
-                 if p.stem.removeprefix("epoch_").isdigit() and int(p.stem.removeprefix("epoch_")) > epoch]
+        later = [self.run_dir.epoch_checkpoint(e) for e in self.run_dir.kept_epochs() if e > epoch]
         target.mkdir(parents=True)
         for p in [self.run_dir.latest, *later]:
             if p.is_file():
@@ -343,7 +359,7 @@ class Trainer:
             state["sampler"] = self.sampler.state_dict()
         return state
 
-    def _load_state(self, state: dict[str, Any], path: Path) -> None:
+    def _load_state(self, state: dict[str, Any], path: Path, changed_settings: bool = False) -> None:
         problem = state_mismatch(self.net.state_dict(), state["model"])
         if problem:
             raise RunDirError(f"checkpoint {path}: its weights do not fit its saved search space ({problem}); "
@@ -359,6 +375,8 @@ class Trainer:
             raise RunDirError(f"checkpoint {path} holds a damaged training state ({type(err).__name__}: {err}); "
                               "resume from an intact checkpoint with --from-epoch N") from None
         self.counters.update(state["counters"])
+        if changed_settings:  # the user changed something to get past a streak: count it afresh
+            self.counters["nonfinite_streak"] = 0
         if state.get("snapshot") is not None:
             largest = self.space.largest()
             self.snapshot = build_static(self.space, largest, self.num_classes, self.data.in_channels).to(self.device)
@@ -565,12 +583,14 @@ class Trainer:
             self.counters["nonfinite_streak"] += 1
             if self.counters["nonfinite_streak"] >= cfg.train.max_nonfinite_steps:
                 self.save()
-                lr = cfg.optim.lr
+                epochs = self.run_dir.kept_epochs()
                 raise TrainingStopped(
-                    f"{self.counters['nonfinite_streak']} non-finite losses in a row at step {self.global_step} "
-                    "(the latest checkpoint holds the last good weights); continue with a lower learning rate or "
-                    f"gradient clipping: `supernet train --resume {self.run_dir.root} --set optim.lr={lr / 2:g}` "
-                    "(or --set optim.grad_clip.kind=norm), adding --from-epoch N to restart from an earlier epoch"
+                    f"{self.counters['nonfinite_streak']} non-finite losses in a row at step {self.global_step}; "
+                    "a checkpoint was written. Lower the learning rate or clip gradients and continue: "
+                    f"`supernet train --resume {self.run_dir.root} --set optim.lr={cfg.optim.lr / 2:g}` (or --set "
+                    "optim.grad_clip.kind=norm); if the weights had already diverged, add --from-epoch N to restart "
+                    "from an earlier epoch's checkpoint (kept: "
+                    + (", ".join(map(str, epochs)) or "none yet") + ")"
                 )
         else:
             self.counters["nonfinite_streak"] = 0
