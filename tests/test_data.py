@@ -434,7 +434,7 @@ def test_split_depends_on_seed_and_val_is_deterministic(fmnist_root: Path, fmnis
     assert fmnist.train.augmentation == PadCropFlip(2)
     no_val = build_data("fashion_mnist", fmnist_root, val_size=0)
     assert no_val.val is None and len(no_val.train) == 120
-    with pytest.raises(ValueError, match="val_size=120 must be in"):
+    with pytest.raises(DatasetError, match="data.val_size=120 leaves no training images: the training set has 120"):
         build_data("fashion_mnist", fmnist_root, val_size=120)
 
 

@@ -23,8 +23,8 @@ from supernet.export import (
 from supernet.model import Supernet
 from supernet.search.evaluate import EvalResult, Evaluator, accuracy, checkpoint_digest
 from supernet.space import Arch, SearchSpace
-from supernet.training.config import config_from_dict
 from supernet.training.checkpoint import RunDir, RunDirError, save_checkpoint
+from supernet.training.config import config_from_dict
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = 10

@@ -176,7 +176,7 @@ def test_from_epoch_retrains_from_an_epoch_checkpoint_exactly(
     kept = superseded[0]
     assert sorted(p.name for p in kept.iterdir()) == ["epoch_002.pt", "latest.pt", "metrics.jsonl"]
     assert all(torch.equal(v, load_checkpoint(kept / "latest.pt")["model"][k]) for k, v in before.items())
-    assert [r for r in read_metrics(out) if r["kind"] == "resume"][0]["from_epoch"] == 1
+    assert next(r for r in read_metrics(out) if r["kind"] == "resume")["from_epoch"] == 1
     assert main(["train", "--resume", str(out), "--from-epoch", "7"]) == 2
     assert "epoch checkpoints kept in" in capsys.readouterr().err
     assert main(["train", RECIPE, "--out", str(tmp_path / "x"), "--from-epoch", "1"]) == 2

@@ -108,12 +108,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
         raise RunDirError(f"{out} already holds a finished search; choose another --out or pass --force")
     ctx = init_from_env()
     try:
+        # the run is loaded first: a bad run directory fails before anything is created or deleted
+        opened = open_run(args.run_dir, batch_size=args.batch_size, recalibration_images=args.recal_images,
+                          cache_path=out / "eval_cache.json", dist=ctx)
         if args.force and ctx.is_main:
             for path in [out / "front.json", *states]:
                 path.unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
-        opened = open_run(args.run_dir, batch_size=args.batch_size, recalibration_images=args.recal_images,
-                          cache_path=out / "eval_cache.json", dist=ctx)
         latency = None
         if args.latency_table:
             from supernet.search.latency import LatencyTable
@@ -464,12 +465,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from supernet.report import ReportError
     from supernet.search.evaluate import CacheError
     from supernet.search.evolution import SearchError
+    from supernet.search.front_file import FrontFileError
     from supernet.search.latency import LatencyError, MissingLayerError
     from supernet.search.objectives import ConstraintError
     from supernet.space import ArchError, SpaceError
 
     return (SpaceError, ArchError, ConfigError, DatasetError, RunDirError, ExportError, CacheError, SearchError,
-            ConstraintError, LatencyError, MissingLayerError, ReportError, FileNotFoundError)
+            ConstraintError, LatencyError, MissingLayerError, ReportError, FrontFileError, FileNotFoundError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -482,11 +484,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not args.system_malloc:
         retain_freed_memory()
+    from supernet.training.loop import TrainingInterrupted, TrainingStopped
+
     try:
         return handler(args)
     except _user_errors() as err:
-        print(f"supernet {args.command}: error: {err}", file=sys.stderr)
+        # an OS error with a number (a missing folder on a write) gets the disk advice; our own one-line
+        # FileNotFoundErrors carry no number and say what to do themselves
+        text = describe_os_error(err) if isinstance(err, OSError) and err.errno else str(err)
+        print(f"supernet {args.command}: error: {text}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as err:  # `train` reports its own; this is the demo's training
+        print(f"supernet {args.command}: {err}; then run `supernet {args.command}` again", file=sys.stderr)
+        return 130
+    except TrainingStopped as err:
+        print(f"supernet {args.command}: stopped: {err}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"supernet {args.command}: interrupted; {_AFTER_INTERRUPT.get(args.command, 'nothing was lost')}",
               file=sys.stderr)
@@ -508,6 +521,7 @@ _DISK_ADVICE = {
     errno.EROFS: "the file system is read-only: write elsewhere (--out)",
     errno.EACCES: "permission denied: write elsewhere (--out) or fix the permissions",
     errno.EPERM: "permission denied: write elsewhere (--out) or fix the permissions",
+    errno.ENOENT: "a folder on the way does not exist or cannot hold files: check the path",
 }
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from supernet.search.evolution import SearchSettings
+from supernet.search.front_file import read_front
 from supernet.search.job import best_under, deliver, open_run, run_search
 from supernet.search.objectives import Constraint
 from supernet.search.pareto import Candidate
@@ -47,7 +47,7 @@ def run_demo(out: Path, *, recipe: Path | None = None, overrides: list[str] | No
     front_path = search_dir / "front.json"
     opened = open_run(run_dir, cache_path=search_dir / "eval_cache.json")
     if front_path.is_file() and not (search_dir / "search_state.json").is_file():
-        report = json.loads(front_path.read_text())
+        report = read_front(search_dir)
     else:
         print(f"[demo] searching the Pareto front into {search_dir}")
         report = run_search(opened, search_dir, settings=search, predictor=True, progress=progress)

@@ -37,8 +37,8 @@ from supernet.nn.static import StaticNet, build_static
 from supernet.onnx_bytes import onnx_bytes
 from supernet.search.evaluate import EvalResult, checkpoint_digest
 from supernet.space import Arch, ArchError, SearchSpace, SpaceError
-from supernet.training.config import config_from_dict
 from supernet.training.checkpoint import RunDir, RunDirError, load_checkpoint, require_keys, state_mismatch
+from supernet.training.config import config_from_dict
 
 EXPORT_FORMAT = 1
 ARCH_FILE = "arch.json"

@@ -296,9 +296,12 @@ class SearchSpace:
         """Load and validate a search space from a YAML file."""
         path = Path(path)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as err:
             raise SpaceError(f"search space file {path}: {err.strerror or err}") from None
+        except UnicodeDecodeError as err:
+            raise SpaceError(f"search space file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8 "
+                             "YAML") from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as err:

@@ -15,9 +15,9 @@ from supernet.data import DataBundle, build_data
 from supernet.distributed import SINGLE, DistContext, sharded_map
 from supernet.export import LoadedRun, export_subnet, load_supernet, verify_onnx
 from supernet.fileio import atomic_write_text
-from supernet.search.front_file import FRONT_FORMAT
 from supernet.search.evaluate import EvalResult, Evaluator
 from supernet.search.evolution import SearchSettings, budget_search, evolutionary_search
+from supernet.search.front_file import FRONT_FORMAT
 from supernet.search.objectives import Constraint, Objectives
 from supernet.search.pareto import Candidate, bucket_table, mean_pareto_accuracy, pareto_front
 from supernet.search.predictor import AccuracyPredictor

@@ -37,7 +37,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if path.is_dir():
         path = RunDir(path).latest
     if not path.is_file():
-        raise RunDirError(f"checkpoint {path} not found; pass a run directory with checkpoints/latest.pt or a .pt file")
+        raise RunDirError(f"{path} not found; pass a run directory of `supernet train` or one of its checkpoints/*.pt")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:
@@ -186,8 +186,11 @@ class RunDir:
         """Check that this is a run directory with a checkpoint to resume or evaluate."""
         if not self.root.is_dir():
             raise RunDirError(f"run directory {self.root} does not exist; train one with `supernet train CONFIG --out DIR`")
+        if not self.has_checkpoint() and not self.config.is_file():
+            raise RunDirError(f"{self.root} is not a run directory (it has neither config.yaml nor "
+                              "checkpoints/latest.pt); pass a directory written by `supernet train`")
         if not self.has_checkpoint():
-            config = config_hint or (str(self.config) if self.config.is_file() else "CONFIG")
+            config = config_hint or str(self.config)
             raise RunDirError(
                 f"run directory {self.root} has no checkpoints/latest.pt: the run stopped before its first "
                 f"checkpoint, so there is nothing to resume or load; start it over with "

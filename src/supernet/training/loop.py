@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
+from typing_extensions import Self
 
 from supernet import spaces
 from supernet.cost import macs
@@ -89,7 +90,7 @@ class _DeferredInterrupt:
         self.requested = False
         self._previous: Any = None
 
-    def __enter__(self) -> _DeferredInterrupt:
+    def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
