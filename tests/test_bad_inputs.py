@@ -119,6 +119,8 @@ def config_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
          "is not UTF-8 text"),
         (["train", str(write(tmp_path, "opts.yaml", "distill: {divergence: kl, options: {nope: 1}}\n")), "--out", out],
          "unexpected keyword argument 'nope'"),
+        (["train", "configs/bignas.yaml", "--out", out, "--set",
+          f"space={write(tmp_path, 'space.yaml', b'name: caf' + bytes([0xE9]) + b'')}"], "is not UTF-8 text"),
         (["train", "configs/bignas.yaml", "--out", out, "--set", "data.val_size=70000"],
          "data.val_size=70000 leaves no training images"),
         (["train", "configs/bignas.yaml", "--out", out, "--set", "data.limit=100", "--set", "data.val_size=10"],
@@ -132,6 +134,15 @@ def test_bad_configs_and_data_fail_before_a_run_directory_exists(tmp_path: Path,
         assert main(argv) == 2, argv
         assert needle in error_line(capsys), argv
         assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir()), argv
+
+
+def test_search_of_a_missing_run_creates_nothing(tmp_path: Path, capsys) -> None:
+    assert main(["search", str(tmp_path / "nowhere"), *TINY_SEARCH]) == 2
+    assert "nowhere not found; pass a run directory of `supernet train`" in error_line(capsys)
+    assert not (tmp_path / "nowhere").exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["eval", str(tmp_path / "empty")]) == 2
+    assert "is not a run directory (it has neither config.yaml nor checkpoints/latest.pt)" in error_line(capsys)
 
 
 def test_bad_architecture_files(run: Path, tmp_path: Path, capsys) -> None:

@@ -406,7 +406,7 @@ def test_load_supernet_from_a_run_directory(
 
 def test_load_supernet_errors(space: SearchSpace, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(RunDirError, match="no checkpoints/latest.pt"):
+    with pytest.raises(RunDirError, match="is not a run directory .it has neither config.yaml nor checkpoints/latest.pt"):
         load_supernet(tmp_path / "empty")
     bad = tmp_path / "bad.pt"
     save_checkpoint(bad, {"model": {}})

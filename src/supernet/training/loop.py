@@ -162,7 +162,7 @@ class Trainer:
     With `resume=True` the config saved in the run directory is used (`config` may be None), changed only
     by `resume_overrides` (keys in RESUME_OVERRIDES, recorded in metrics.jsonl and config.yaml);
     `from_epoch` resumes from that epoch's checkpoint instead of the latest, after moving the later
-    checkpoints and the metrics file into `checkpoints/superseded-stepN/`.
+    checkpoints and a copy of the metrics into `checkpoints/superseded-stepS-TIME/`.
     """
 
     def __init__(
@@ -265,6 +265,7 @@ class Trainer:
         self.teacher = self._build_teacher()
         if state is not None:
             self._load_state(state, path, changed_settings=bool(changed) or from_epoch is not None)
+            barrier(self.dist)  # every rank has read its checkpoints before rank 0 moves or rewrites files
             if self.dist.is_main:
                 self.run_dir.remove_orphans()
                 if from_epoch is not None:
