@@ -69,7 +69,7 @@ def main() -> None:
     if args.full:
         base = SearchSettings()
     else:
-        base = SearchSettings(population=64, parents_per_bucket=16, mutations=32, crossovers=32, iterations=3)
+        base = SearchSettings(population=64, parents=16, parent_selection="buckets", mutations=32, crossovers=32, iterations=3)
     plain = SearchSettings.from_dict({**base.to_dict(), "prescreen_keep": None})
     screened = SearchSettings.from_dict({**base.to_dict(), "prescreen_keep": 16})
     results = {}

@@ -425,3 +425,44 @@ def test_reference_cross_entropy_helper() -> None:
     value = _ce_and_grad(w, members.double().numpy(), labels.numpy())[0]
     logits = torch.einsum("m,mnc->nc", torch.from_numpy(w), members.double())
     assert math.isclose(value, float(F.cross_entropy(logits, labels)), rel_tol=1e-12)
+
+
+def _released_adaptive_loss(student: torch.Tensor, teacher: torch.Tensor, alpha_min: float, alpha_max: float,
+                            clip: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """AlphaNet's released rule, written out from its description: per side a value and a surrogate whose
+    gradient is the update; the side with the larger value wins; ratios clipped except on the KL side."""
+    q = torch.softmax(student, 1).detach()
+    p = torch.softmax(teacher, 1)
+    log_q = torch.log_softmax(student, 1)
+    values, surrogates = [], []
+    for alpha in (alpha_min, alpha_max):
+        ratio = p / q
+        if alpha == 1.0:
+            f, rho = ratio * ratio.log(), ratio
+            base = 0.0
+        else:
+            w = ratio.pow(alpha).clamp(0, clip)
+            f, base = w / alpha / (alpha - 1), 1 / alpha / (alpha - 1)
+            rho = w / alpha + base
+        values.append((q * (f - base)).sum(1))
+        surrogates.append(-(q * rho * log_q).sum(1))
+    high_wins = ~(values[0] > values[1])
+    return torch.where(high_wins, surrogates[1], surrogates[0]), torch.where(high_wins, values[1], values[0]), high_wins
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_adaptive_alpha_official_variant_matches_the_released_rule(seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    student = torch.randn(32, 10, generator=gen, dtype=torch.float64, requires_grad=True)
+    teacher = 3 * torch.randn(32, 10, generator=gen, dtype=torch.float64)
+    surrogate, value, high_wins = _released_adaptive_loss(student, teacher, -1.0, 1.0, 5.0)
+    (expected,) = torch.autograd.grad(surrogate.mean(), student)
+    loss, chosen = adaptive_alpha_divergence(student, teacher, -1.0, 1.0, 5.0, return_choice=True, official=True)
+    (got,) = torch.autograd.grad(loss, student)
+    assert torch.equal(chosen, high_wins)
+    assert torch.allclose(loss, value.mean(), rtol=1e-10)
+    assert torch.allclose(got, expected, rtol=1e-8, atol=1e-12)
+    # the paper's reading (the default) differs: both sides clipped, the side chosen by the true values
+    paper = adaptive_alpha_divergence(student, teacher, -1.0, 1.0, 5.0)
+    (paper_grad,) = torch.autograd.grad(paper, student)
+    assert not torch.allclose(paper_grad, got)

@@ -31,7 +31,7 @@ from supernet.space import Arch, ArchError
 
 SPACE = spaces.get("fmnist")
 SMALL = SearchSettings(
-    population=24, parents_per_bucket=4, num_buckets=3, mutations=8, crossovers=8, iterations=3, seed=0
+    population=24, parents=4, parent_selection="buckets", num_buckets=3, mutations=8, crossovers=8, iterations=3, seed=0
 )
 LOG_LOW = math.log(cost(SPACE, SPACE.smallest(), 10).macs)
 LOG_HIGH = math.log(cost(SPACE, SPACE.largest(), 10).macs)
@@ -423,3 +423,33 @@ def test_a_state_of_another_source_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SearchError, match="computed on checkpoint a, not on checkpoint b .* stale"):
         evolutionary_search(SPACE, objectives(), Recorder(), SMALL, state_path=path, progress=False,
                             source="checkpoint b")
+
+
+def test_the_defaults_are_alphanets_protocol() -> None:
+    """AlphaNet section 4.2: 512 random, then 128 mutations + 128 crossovers of the best 128, 5,376 in all."""
+    settings = SearchSettings()
+    assert (settings.population, settings.parents, settings.parent_selection) == (512, 128, "top")
+    assert (settings.mutations, settings.crossovers, settings.mutation_prob) == (128, 128, 0.2)
+    evaluate = Recorder()
+    result = evolutionary_search(SPACE, objectives(), evaluate, settings, progress=False)
+    assert result.evaluations == 5376 and result.generations == 19
+    assert [len(c) for c in evaluate.calls[-19:]] == [256] * 19
+
+
+def test_parent_selection_rules() -> None:
+    obj = objectives()
+    settings = SearchSettings(**{**SMALL.to_dict(), "iterations": 0, "population": 60})
+    evaluated = evolutionary_search(SPACE, obj, Recorder(), settings, progress=False).evaluated
+    best = sorted(evaluated, key=lambda c: -c.val_top1)
+    top = select_parents(evaluated, obj, SearchSettings(**{**settings.to_dict(), "parent_selection": "top", "parents": 7}))
+    assert top == [c.arch for c in best[:7]]
+    steps = SearchSettings(**{**settings.to_dict(), "parent_selection": "per_cost_step", "cost_steps": 10})
+    winners = select_parents(evaluated, obj, steps)
+    low, high = obj.feasible_range()
+    step_of = {c.arch: min(9, int((c.macs - low) / (high - low) * 10)) for c in evaluated}
+    assert len({step_of[a] for a in winners}) == len(winners) <= 10  # one per occupied step
+    for arch in winners:
+        same_step = [c for c in evaluated if step_of[c.arch] == step_of[arch]]
+        assert max(same_step, key=lambda c: c.val_top1).arch == arch
+    with pytest.raises(SearchError, match="parent_selection must be one of"):
+        SearchSettings(parent_selection="best")

@@ -12,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supernet import spaces
-from supernet.search.pareto import Bucket, Candidate, bucket_table, mean_pareto_accuracy, pareto_front
+from supernet.search.pareto import (
+    Bucket,
+    Candidate,
+    bucket_table,
+    mean_pareto_accuracy,
+    pareto_front,
+    pareto_summary,
+)
 from supernet.space import ArchError
 
 SPACE = spaces.get("fmnist")
@@ -198,3 +205,31 @@ def test_mean_pareto_accuracy_matches_a_fine_riemann_sum(cands: list[Candidate])
     assert mean_pareto_accuracy(cands + [cand(20, 0.0, 9)], 0, 20) == pytest.approx(
         value
     )  # dominated: no change
+
+
+def test_readings_closed_forms_and_test_split_of_the_val_front() -> None:
+    from dataclasses import replace
+
+    members = [replace(cand(0, 0.6, 0), test_top1=0.58), replace(cand(50, 0.8, 1), test_top1=0.77)]
+    worse_on_val = replace(cand(80, 0.7, 2), test_top1=0.99)  # never on the val front: test must not pick it
+    front = [*members, worse_on_val]
+    assert mean_pareto_accuracy(front, 0, 100) == pytest.approx(0.7)
+    assert mean_pareto_accuracy(front, 0, 100, reading="trapezoid") == pytest.approx((0.5 * 0.7 + 0.5 * 0.8))
+    assert mean_pareto_accuracy(front, 0, 100, split="test") == pytest.approx(0.5 * 0.58 + 0.5 * 0.77)
+    summary = pareto_summary(front, 0, 100)
+    assert set(summary) == {"staircase", "trapezoid"} and set(summary["trapezoid"]) == {"val", "test"}
+    assert set(pareto_summary([cand(0, 0.6)], 0, 100)["staircase"]) == {"val"}  # no test figures: val only
+    with pytest.raises(ValueError, match="test accuracy of every front member"):
+        mean_pareto_accuracy([cand(0, 0.6)], 0, 100, split="test")
+    with pytest.raises(ValueError, match="unknown Pareto reading"):
+        mean_pareto_accuracy(front, 0, 100, reading="spline")
+
+
+def test_the_two_readings_differ_by_more_than_deps_reports() -> None:
+    """A synthetic front of 6 members rising steeply, then flat: the readings part by about 0.9 points."""
+    accs = [0.60, 0.66, 0.70, 0.72, 0.73, 0.735]
+    front = [cand(20 * i, a, i) for i, a in enumerate(accs)]
+    stair = mean_pareto_accuracy(front, 0, 100)
+    trap = mean_pareto_accuracy(front, 0, 100, reading="trapezoid")
+    assert trap - stair == pytest.approx(sum(b - a for a, b in itertools.pairwise(accs)) * 0.2 / 2)
+    assert trap - stair > 0.009  # DepS's Table 2 separates methods by 0.04 to 3 points

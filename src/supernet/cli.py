@@ -121,12 +121,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
             latency = LatencyTable.load(args.latency_table).predict
         settings = SearchSettings(
-            population=args.population, parents_per_bucket=args.parents, mutations=args.mutations,
+            population=args.population, parents=args.parents, parent_selection=args.parent_selection,
+            num_buckets=args.buckets, cost_steps=args.cost_steps, mutations=args.mutations,
             mutation_prob=args.mutation_prob, crossovers=args.crossovers, iterations=args.iterations,
             seed=args.seed, prescreen_keep=args.prescreen_keep if args.predictor else None,
         )
         report = run_search(opened, out, constraints=args.constraint, budgets=args.budgets, settings=settings,
-                            predictor=args.predictor, latency=latency, progress=not args.no_progress, dist=ctx)
+                            predictor=args.predictor, latency=latency, progress=not args.no_progress, dist=ctx,
+                            pareto_reading=args.pareto_reading)
     finally:
         shutdown(ctx)
     if ctx.is_main:
@@ -143,9 +145,10 @@ def _warn_cache(problem: str | None) -> None:
 
 def _print_front(report: dict) -> None:
     images = report.get("images", {})
-    print(f"{len(report['front'])} sub-networks on the front, {report['search']['evaluations']} evaluated; "
-          f"mean Pareto accuracy {report['mean_pareto_accuracy']:.2%} (val, {images.get('val', '?')} images; "
-          f"test figures on {images.get('test', '?')} images)")
+    print(f"{len(report['front'])} sub-networks on the front (selected on {images.get('val', '?')} val images), "
+          f"{report['search']['evaluations']} evaluated")
+    print(f"mean Pareto accuracy ({report['pareto_reading']} reading): test {report['mean_pareto_accuracy']:.2%} "
+          f"on {images.get('test', '?')} images, val {report['mean_pareto_accuracy_val']:.2%}")
     screen = report["search"].get("predictor")
     if screen:
         print(f"predictor: held-out Kendall tau {screen['kendall_tau']:.3f} (fit on {screen['fit_on']}, "
@@ -211,7 +214,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from supernet.report import split_inputs, write_report
 
     runs, searches, exports = split_inputs([Path(p) for p in args.paths])
-    index = write_report(runs, searches, Path(args.out), title=args.title, export_dirs=exports)
+    index = write_report(runs, searches, Path(args.out), title=args.title, export_dirs=exports,
+                         pareto_reading=args.pareto_reading)
     print(f"wrote {index}")
     return 0
 
@@ -363,8 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = commands.add_parser(
         "search", help="evolutionary search of the accuracy-vs-MACs Pareto front (or the best per budget)",
-        description="Evolutionary search (AlphaNet/AttentiveNAS) of the accuracy-vs-MACs Pareto front under "
-        "constraints; with --budgets, the best sub-network under each budget. Writes OUT/front.json with "
+        description="Evolutionary search of the accuracy-vs-MACs Pareto front under constraints, by default "
+        "AlphaNet's protocol (section 4.2): 512 random sub-networks, then 19 generations of 128 mutations and "
+        "128 crossovers of the best 128, 5,376 evaluations; with --budgets, the best sub-network under each budget. Writes OUT/front.json with "
         "every evaluated sub-network, the front (val and test accuracy), the 6-bucket table and mean Pareto "
         "accuracy. A killed search continues from its last generation when run again with the same options. "
         "Under torchrun, evaluations are sharded across processes.",
@@ -382,12 +387,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="children kept per generation by the predictor")
     search.add_argument("--latency-table", help="a latency lookup table JSON (enables latency constraints)")
     search.add_argument("--population", type=_positive_int, default=512, help="random sub-networks evaluated first")
-    search.add_argument("--parents", type=_positive_int, default=128, help="parents per MACs bucket")
+    search.add_argument("--parents", type=_positive_int, default=128,
+                        help="parents per generation (top) or per bucket (buckets)")
+    search.add_argument("--parent-selection", choices=["top", "per_cost_step", "buckets"], default="top",
+                        help="top: the best --parents so far (AlphaNet's paper); per_cost_step: the best of each of "
+                        "--cost-steps equal MACs steps (AlphaNet's and AttentiveNAS's code); buckets: the best "
+                        "--parents of each of --buckets equal MACs buckets")
+    search.add_argument("--cost-steps", type=_positive_int, default=100, help="steps of per_cost_step")
+    search.add_argument("--buckets", type=_positive_int, default=6, help="buckets of the buckets selection")
     search.add_argument("--mutations", type=_count, default=128, help="mutated children per generation")
     search.add_argument("--mutation-prob", type=_probability, default=0.2, help="probability that a gene mutates")
     search.add_argument("--crossovers", type=_count, default=128, help="crossed children per generation")
     search.add_argument("--iterations", type=_count, default=20, help="generations after the initial population")
     search.add_argument("--seed", type=int, default=0, help="seed of the search's random draws")
+    search.add_argument("--pareto-reading", choices=["staircase", "trapezoid"], default="staircase",
+                        help="how mean Pareto accuracy reads the front between its members (both are saved)")
     search.add_argument("--force", action="store_true",
                         help="discard a finished or saved search in --out (front.json, search_state*.json) and start over")
     search.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -422,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run directories, search directories and/or export directories (any mix)")
     report.add_argument("--out", required=True, help="output directory for index.html and the plots")
     report.add_argument("--title", default=None, help="page title (default: the runs' names)")
+    report.add_argument("--pareto-reading", choices=["staircase", "trapezoid"], default="staircase",
+                        help="the one reading every search's mean Pareto accuracy is shown in")
     report.set_defaults(handler=_cmd_report)
 
     latency = commands.add_parser(

@@ -123,9 +123,16 @@ def _base_times_expm1(log_base: Tensor, base: Tensor, y: Tensor) -> Tensor:
 
 
 def _alpha_forward(
-    log_q: Tensor, log_p: Tensor, alpha: float, clip: float | None, with_grad: bool
+    log_q: Tensor, log_p: Tensor, alpha: float, clip: float | None, with_grad: bool, official: bool = False
 ) -> tuple[Tensor, Tensor | None]:
-    """Per-sample D_alpha(p || q) and, if asked, the gradient v to pass back to log q."""
+    """Per-sample D_alpha(p || q) and, if asked, the gradient v to pass back to log q.
+
+    `official` reproduces AlphaNet's released loss_ops.py instead of the paper's text: the KL side
+    (alpha = 1) is never clipped, and on the other sides the value is computed from the clipped
+    importance weights as well (the value the code compares to choose a side).
+    """
+    if official:
+        return _official_alpha_forward(log_q, log_p, alpha, clip, with_grad)
     # D = (sum_i q_i (w_i - 1)) / (alpha (alpha - 1)) with w = (p/q)^alpha. AlphaNet's Eq. 5 gradient with
     # respect to the logits is -(1/alpha) (q w~ - q sum_j q_j w~_j), w~ = min(w, clip); it is the
     # log-softmax pull-back (v - q sum(v)) of v = -(1/alpha) q (w~ - 1), whose -1 keeps expm1 accuracy.
@@ -158,21 +165,39 @@ def _alpha_forward(
     return value.clamp_min(0), grad
 
 
+def _official_alpha_forward(
+    log_q: Tensor, log_p: Tensor, alpha: float, clip: float | None, with_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """AlphaNet's released f_divergence: clipped weights in value and gradient, the KL side unclipped."""
+    if alpha == 1.0 or clip is None:
+        return _alpha_forward(log_q, log_p, alpha, None if alpha == 1.0 else clip, with_grad)
+    log_ratio = log_p - log_q
+    q = log_q.exp()
+    if alpha == 0.0:  # the code clamps the ratio itself: f = -log min(p/q, clip)
+        clipped_log_ratio = log_ratio.clamp(max=math.log(clip))
+        q_log_ratio = q * clipped_log_ratio
+        return (-q_log_ratio.sum(1)), (-q_log_ratio if with_grad else None)
+    exponent = (alpha * log_ratio).clamp(max=math.log(clip))  # log of the clipped weight min(w, clip)
+    q_term = _base_times_expm1(log_q, q, exponent)  # q (w~ - 1)
+    value = q_term.sum(1) / (alpha * (alpha - 1.0))
+    return value, (q_term / -alpha if with_grad else None)
+
+
 class _AlphaDivergence(torch.autograd.Function):
     """Per-sample D_alpha(p || q) from log-probabilities, with the (optionally clipped) Eq. 5 gradient."""
 
     @staticmethod
-    def forward(ctx, log_q: Tensor, log_p: Tensor, alpha: float, clip: float | None) -> Tensor:
-        value, grad = _alpha_forward(log_q, log_p, alpha, clip, with_grad=ctx.needs_input_grad[0])
+    def forward(ctx, log_q: Tensor, log_p: Tensor, alpha: float, clip: float | None, official: bool = False) -> Tensor:
+        value, grad = _alpha_forward(log_q, log_p, alpha, clip, with_grad=ctx.needs_input_grad[0], official=official)
         if grad is not None:
             ctx.save_for_backward(grad)
         return value
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None, None]:
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None, None, None]:
         (grad_log_q,) = ctx.saved_tensors
-        return grad_log_q * grad_output[:, None], None, None, None
+        return grad_log_q * grad_output[:, None], None, None, None, None
 
 
 def _checked_alpha(alpha: float, clip: float | None) -> float:
@@ -210,6 +235,7 @@ def adaptive_alpha_divergence(
     clip: float | None = ...,
     reduction: Reduction = ...,
     return_choice: Literal[False] = ...,
+    official: bool = ...,
 ) -> Tensor: ...
 
 
@@ -223,6 +249,7 @@ def adaptive_alpha_divergence(
     reduction: Reduction = ...,
     *,
     return_choice: Literal[True],
+    official: bool = ...,
 ) -> tuple[Tensor, Tensor]: ...
 
 
@@ -234,13 +261,20 @@ def adaptive_alpha_divergence(
     clip: float | None = 5.0,
     reduction: Reduction = "mean",
     return_choice: bool = False,
+    official: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Per sample the larger of D_alpha_min and D_alpha_max (AlphaNet); optionally which side won."""
+    """Per sample the larger of D_alpha_min and D_alpha_max (AlphaNet Eq. 4); optionally which side won.
+
+    By default (AlphaNet's text, Eq. 5) both sides' gradients use importance weights clipped at `clip`
+    and the side is chosen by the true divergences. `official=True` follows AlphaNet's released
+    loss_ops.py: the KL side (alpha = 1) is unclipped, the other is clipped in value and gradient, and
+    the side is chosen by those clipped values (which this then returns).
+    """
     alpha_min, alpha_max = _checked_alpha(alpha_min, clip), _checked_alpha(alpha_max, clip)
     with _no_autocast(student_logits):
         log_q, log_p = _log_probs(student_logits, teacher_logits, 1.0)
-        low = _AlphaDivergence.apply(log_q, log_p, alpha_min, clip)
-        high = _AlphaDivergence.apply(log_q, log_p, alpha_max, clip)
+        low = _AlphaDivergence.apply(log_q, log_p, alpha_min, clip, bool(official))
+        high = _AlphaDivergence.apply(log_q, log_p, alpha_max, clip, bool(official))
         max_side_won = high >= low
         loss = _reduce(torch.where(max_side_won, high, low), reduction)
     return (loss, max_side_won) if return_choice else loss

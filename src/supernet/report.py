@@ -19,6 +19,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 
 from supernet.fileio import atomic_write_bytes, atomic_write_text
 from supernet.search.front_file import FrontFileError, read_front
+from supernet.search.pareto import READINGS
 from supernet.training.metrics import read_metrics_checked
 
 ACCURACY_PLOT = "accuracy_vs_macs.png"
@@ -593,7 +594,7 @@ def _runs_html(runs: list[RunInfo]) -> str:
     return _table(header, rows)
 
 
-def _searches_html(searches: list[SearchInfo], styles: list[Style]) -> str:
+def _searches_html(searches: list[SearchInfo], styles: list[Style], reading: str) -> str:
     rows = []
     for s, st in zip(searches, styles, strict=True):
         d, meta = s.data, s.data.get("search") or {}
@@ -603,7 +604,7 @@ def _searches_html(searches: list[SearchInfo], styles: list[Style]) -> str:
             [
                 _e(s.name),
                 _e(st.label),
-                _pct_on(d["mean_pareto_accuracy"], n_val, "val"),
+                _pareto_cell(d, reading),
                 _e(len(d["front"])),
                 _e(meta.get("evaluations", len(d["evaluated"]))),
                 _e(_duration(meta.get("wall_time"))),
@@ -615,7 +616,7 @@ def _searches_html(searches: list[SearchInfo], styles: list[Style]) -> str:
         [
             "search",
             "run: recipe",
-            "mean Pareto accuracy",
+            f"mean Pareto accuracy ({_e(reading)} reading; front selected on val)",
             "front size",
             "evaluations",
             "search time",
@@ -624,6 +625,27 @@ def _searches_html(searches: list[SearchInfo], styles: list[Style]) -> str:
         ],
         rows,
     )
+
+
+def pareto_figure(front: dict[str, Any], reading: str) -> tuple[float, str, str]:
+    """A search's mean Pareto accuracy in `reading`: (value, split, reading actually used).
+
+    Front files hold every reading on val and test; older ones held one val figure in the staircase
+    reading, which is returned as such so that the page says what it shows.
+    """
+    every = front.get("mean_pareto_accuracies")
+    if isinstance(every, dict) and isinstance(every.get(reading), dict):
+        figures = every[reading]
+        split = "test" if isinstance(figures.get("test"), (int, float)) else "val"
+        if isinstance(figures.get(split), (int, float)):
+            return float(figures[split]), split, reading
+    return float(front["mean_pareto_accuracy"]), "val", "staircase"
+
+
+def _pareto_cell(front: dict[str, Any], reading: str) -> str:
+    value, split, used = pareto_figure(front, reading)
+    text = _pct_on(value, _images(front, split), split)
+    return text if used == reading else f"{text} <small>({_e(used)} reading: an older front file)</small>"
 
 
 def _images(front: dict[str, Any], split: str) -> int | None:
@@ -644,7 +666,7 @@ def _candidate_cells(c: dict[str, Any] | None, latency: bool) -> list[str]:
     return cells + [_pct(c.get("val_top1")), _pct(c.get("test_top1")), _arch(c)]
 
 
-def _search_html(s: SearchInfo, style: Style) -> str:
+def _search_html(s: SearchInfo, style: Style, reading: str) -> str:
     d = s.data
     members = d["front"] + d["evaluated"] + [b.get("best") for b in d["buckets"] + (d.get("budgets") or [])]
     members = [c for c in members if c]
@@ -670,7 +692,8 @@ def _search_html(s: SearchInfo, style: Style) -> str:
     ]
     parts = [
         f"<h3>Search {_e(s.name)} <small>({_e(style.label)})</small></h3>",
-        f'<p class="mpa">Mean Pareto accuracy: <strong>{_pct_on(d["mean_pareto_accuracy"], n_val, "val")}</strong></p>',
+        f'<p class="mpa">Mean Pareto accuracy ({_e(reading)} reading, front selected on val): '
+        f"<strong>{_pareto_cell(d, reading)}</strong></p>",
         '<ul class="facts">' + "".join(f"<li>{_e(k)}: {_e(v)}</li>" for k, v in facts) + "</ul>",
     ]
     if not has_test:
@@ -747,6 +770,7 @@ def render_html(
     plots: list[str],
     notes: list[str],
     exports: Sequence[ExportInfo] = (),
+    reading: str = "staircase",
 ) -> str:
     """The self-contained report page (no scripts, no external resources); all inserted text is escaped."""
     parts = [
@@ -760,7 +784,7 @@ def render_html(
     parts.append(_runs_html(runs) if runs else '<p class="note">No training run given.</p>')
     exports = list(exports)
     if searches:
-        parts += ["<h2>Searches</h2>", _searches_html(searches, search_styles)]
+        parts += ["<h2>Searches</h2>", _searches_html(searches, search_styles, reading)]
     else:
         parts.append(
             '<p class="note">No search given: pass search directories (from `supernet search`) '
@@ -777,7 +801,7 @@ def render_html(
         parts += ["<h2>Exported models</h2>", _exports_html(exports)]
     if searches:
         parts.append("<h2>Search details</h2>")
-        parts += [_search_html(s, st) for s, st in zip(searches, search_styles, strict=True)]
+        parts += [_search_html(s, st, reading) for s, st in zip(searches, search_styles, strict=True)]
     if notes:
         parts += [
             "<h2>Notes</h2>",
@@ -805,8 +829,14 @@ def write_report(
     *,
     title: str | None = None,
     export_dirs: Sequence[Path] = (),
+    pareto_reading: str = "staircase",
 ) -> Path:
-    """Write index.html and PNG plots comparing runs, searches and exports into `out`; return its path."""
+    """Write index.html and PNG plots comparing runs, searches and exports into `out`; return its path.
+
+    Every search's mean Pareto accuracy is shown in the one `pareto_reading`, so a table never mixes readings.
+    """
+    if pareto_reading not in READINGS:
+        raise ReportError(f"unknown Pareto reading {pareto_reading!r}; use one of {list(READINGS)}")
     runs = [load_run(p) for p in _distinct(run_dirs)]
     searches = [load_search(p) for p in _distinct(search_dirs)]
     exports = [load_export(p) for p in _distinct(export_dirs)]
@@ -842,5 +872,5 @@ def write_report(
             [r.name for r in runs] or [s.name for s in searches] or [x.root.name for x in exports]
         )
     index = out / "index.html"
-    atomic_write_text(index, render_html(title, runs, searches, search_styles, written, notes, exports))
+    atomic_write_text(index, render_html(title, runs, searches, search_styles, written, notes, exports, pareto_reading))
     return index

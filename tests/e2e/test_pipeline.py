@@ -109,7 +109,7 @@ def test_latency_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 def test_demo_runs_and_continues(tmp_path: Path) -> None:
     small_data()
     overrides = [*QUICK, "data.limit=512", "data.val_size=256", "train.epochs=1", "optim.lr=0.8"]
-    settings = SearchSettings(population=8, parents_per_bucket=4, mutations=4, crossovers=4, iterations=1,
+    settings = SearchSettings(population=8, parents=4, parent_selection="buckets", mutations=4, crossovers=4, iterations=1,
                               prescreen_keep=3)
     budgets = ("macs<=0.4M", "macs<=0.9M")
     rows = run_demo(tmp_path, overrides=overrides, progress=False, search=settings, budgets=budgets)

@@ -1,8 +1,18 @@
 """Evolutionary search for the accuracy-vs-cost Pareto front of a trained supernet (AttentiveNAS / AlphaNet).
 
-One generation: split every evaluated candidate into `num_buckets` equal cost buckets over the feasible
-range, keep the `parents_per_bucket` most accurate of each as parents, then breed `mutations` mutants of
-random parents and `crossovers` crosses of random parent pairs. Every child is redrawn until it meets the
+The default protocol is AlphaNet's (ICML 2021, section 4.2): evaluate 512 random sub-networks, then 19
+times breed 128 mutants and 128 crosses of the best 128 evaluated so far and evaluate them: 5,376
+evaluations. One generation: choose parents by `parent_selection`, then breed `mutations` mutants of
+random parents and `crossovers` crosses of random parent pairs. Parent selection:
+
+- "top" (AlphaNet's paper, the default): the `parents` most accurate candidates evaluated so far.
+- "per_cost_step" (AlphaNet's and AttentiveNAS's official search code): the most accurate candidate of
+  each of `cost_steps` equal steps of the feasible cost range (the code rounds FLOPs to steps of 10 M);
+  mutation and crossover draw from these step winners.
+- "buckets" (this package's earlier rule): the `parents` most accurate of each of `num_buckets` equal
+  cost buckets of the feasible range, so cheap and costly regions both breed.
+
+Every child is redrawn until it meets the
 constraints and is new (never evaluated, not a duplicate within the generation), so no architecture is
 evaluated twice. An optional `prescreen(children, k, evaluated)` hook (an accuracy predictor fit on the
 candidates evaluated so far) keeps the k most promising children before evaluation; the initial population
@@ -20,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -33,6 +43,7 @@ from supernet.search.pareto import Candidate, bucket_index, check_metric, pareto
 from supernet.space import Arch, SearchSpace
 
 STATE_FORMAT = 1
+PARENT_SELECTIONS = ("top", "per_cost_step", "buckets")
 Evaluate = Callable[[list[Arch]], Sequence[float]]
 Prescreen = Callable[[list[Arch], int, Sequence[Candidate]], Sequence[Arch]]
 EVAL_CHUNK = 32  # initial-population archs per evaluate call: the progress bar moves while it runs
@@ -48,26 +59,34 @@ class InfeasibleError(SearchError):
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """Every number of the evolutionary search (AlphaNet's defaults); `cost` is the front's and buckets' axis.
+    """Every number of the evolutionary search (AlphaNet's paper: defaults); `cost` is the front's axis.
 
-    `num_buckets` = 6 matches DepS's table of six equal MACs intervals; `prescreen_keep` (None: off) is how
-    many children per generation a prescreen hook keeps; `max_redraws` bounds the draws per child.
+    `parent_selection` is "top", "per_cost_step" or "buckets" (module docstring); `parents` counts the
+    parents of "top" and the parents per bucket of "buckets"; `num_buckets` = 6 matches DepS's six equal
+    MACs intervals; `cost_steps` is the number of steps of "per_cost_step". `prescreen_keep` (None: off)
+    is how many children per generation a prescreen hook keeps; `max_redraws` bounds the draws per child.
     """
 
     population: int = 512
-    parents_per_bucket: int = 128
+    parents: int = 128
+    parent_selection: str = "top"
     num_buckets: int = 6
+    cost_steps: int = 100
     mutations: int = 128
     mutation_prob: float = 0.2
     crossovers: int = 128
-    iterations: int = 20
+    iterations: int = 19
     seed: int = 0
     max_redraws: int = 1000
     prescreen_keep: int | None = None
     cost: str = "macs"
 
     def __post_init__(self) -> None:
-        for name in ("population", "parents_per_bucket", "num_buckets", "max_redraws"):
+        if self.parent_selection not in PARENT_SELECTIONS:
+            raise SearchError(
+                f"search setting parent_selection must be one of {list(PARENT_SELECTIONS)}, got {self.parent_selection!r}"
+            )
+        for name in ("population", "parents", "num_buckets", "cost_steps", "max_redraws"):
             if getattr(self, name) < 1:
                 raise SearchError(f"search setting {name} must be at least 1, got {getattr(self, name)}")
         for name in ("mutations", "crossovers", "iterations"):
@@ -200,17 +219,20 @@ def _draw(make: Callable[[], Arch], seen: set[Arch], objectives: Objectives, tri
 def select_parents(
     evaluated: Sequence[Candidate], objectives: Objectives, settings: SearchSettings
 ) -> list[Arch]:
-    """The `parents_per_bucket` most accurate of each of `num_buckets` equal cost buckets (feasible range)."""
+    """The parents of the next generation under `settings.parent_selection` (module docstring)."""
+    # stable sorts: equally accurate, equally costly candidates keep their evaluation order
+    def ranked(cands: Iterable[Candidate]) -> list[Candidate]:
+        return sorted(cands, key=lambda c: (-c.accuracy(), c.cost(settings.cost)))
+
+    if settings.parent_selection == "top":
+        return [c.arch for c in ranked(evaluated)[: settings.parents]]
     low, high = objectives.feasible_range(settings.cost)
-    buckets: list[list[Candidate]] = [[] for _ in range(settings.num_buckets)]
+    groups = settings.num_buckets if settings.parent_selection == "buckets" else settings.cost_steps
+    keep = settings.parents if settings.parent_selection == "buckets" else 1
+    buckets: list[list[Candidate]] = [[] for _ in range(groups)]
     for cand in evaluated:
-        buckets[bucket_index(cand.cost(settings.cost), low, high, settings.num_buckets)].append(cand)
-    parents: list[Arch] = []
-    for bucket in buckets:
-        # a stable sort: equally accurate, equally costly candidates keep their evaluation order
-        bucket.sort(key=lambda c: (-c.accuracy(), c.cost(settings.cost)))
-        parents.extend(c.arch for c in bucket[: settings.parents_per_bucket])
-    return parents
+        buckets[bucket_index(cand.cost(settings.cost), low, high, groups)].append(cand)
+    return [c.arch for bucket in buckets for c in ranked(bucket)[:keep]]
 
 
 def _evaluate(run: _Run, archs: list[Arch], objectives: Objectives, evaluate: Evaluate) -> None:

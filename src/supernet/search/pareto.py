@@ -1,17 +1,27 @@
 """Accuracy-vs-cost metrics: candidates, the Pareto front, DepS's bucket table, mean Pareto accuracy.
 
-Mean Pareto accuracy (DepS) is the area under the front's staircase on normalised MACs, averaged over the
-range the front covers. With x = (macs - low) / (high - low) and A(x) = the best validation accuracy
-reachable with at most x, it is::
+Mean Pareto accuracy (DepS, section 5.1: "the area under the curve of accuracy and normalized FLOPs") is
+defined here once, for every command and table:
 
-    mean_pareto_accuracy = 1 / (1 - x0) * integral_{x0}^{1} A(x) dx      (x0: the cheapest member's x)
+- **Selection.** The front is chosen on the val split (`pareto_front`); its members are then read on the
+  split asked for. On `test` (the headline figure, as DepS reports) the curve at a budget is the test
+  accuracy of the member val would deploy there, so no test figure selects anything.
+- **Normalisation.** x = (cost - low) / (high - low), where [low, high] is the space's cost range
+  (smallest to largest sub-network), so fronts of one space share one axis.
+- **Reading.** `staircase` (the default): A(x) is the accuracy of the costliest member with cost <= x
+  (what a deployment under budget x gets). `trapezoid`: straight lines between consecutive members
+  (the usual AUC of a plotted curve). Both hold the last member's accuracy from it up to x = 1.
+- **Range ends.** The mean runs over [x0, 1], x0 being the cheapest member's x::
 
-so a front holding one network gives that network's accuracy, and [(x=0, 0.6), (x=0.5, 0.8)] gives 0.7.
-The region below the cheapest member is left out rather than counted as 0, so a front whose cheapest
-network sits above `low` is not punished for a part of the space no network reaches. The price: adding a
-cheaper, less accurate network widens the range and can lower the value. To compare fronts, give each one
-the space's smallest network (x0 = 0); the value is then the normalised hypervolume with reference point
-(high, accuracy 0), which never decreases when a front improves.
+      mean_pareto_accuracy = 1 / (1 - x0) * integral_{x0}^{1} A(x) dx
+
+  so a front of one network gives that network's accuracy, and members [(x=0, 0.6), (x=0.5, 0.8)]
+  give 0.7 (staircase) or 0.75 (trapezoid). The region below the cheapest member is left out rather
+  than counted as 0, so a front whose cheapest network sits above `low` is not punished for a part of
+  the space no network reaches; to compare fronts, give each one the space's smallest network (x0 = 0).
+
+The two readings of one front differ by more than the differences DepS reports between methods, so a
+table never mixes them: every figure names its reading.
 """
 
 from __future__ import annotations
@@ -161,20 +171,57 @@ def bucket_table(
     return [Bucket(edges[i], edges[i + 1], best[i]) for i in range(n)]
 
 
-def mean_pareto_accuracy(front: Sequence[Candidate], low: float, high: float, cost: str = "macs") -> float:
-    """Mean of the best reachable val_top1 over normalised cost from the cheapest member to 1 (module doc)."""
-    if not high > low:
-        raise ValueError(f"mean Pareto accuracy needs low < high, got [{low}, {high}]")
-    points = [
-        (max(0.0, (c.cost(cost) - low) / (high - low)), c.accuracy()) for c in pareto_front(front, cost)
-    ]
-    points = [(x, a) for x, a in points if x <= 1.0]
+READINGS = ("staircase", "trapezoid")
+SPLITS = ("val", "test")
+
+
+def curve_mean(points: Sequence[tuple[float, float]], reading: str = "staircase") -> float:
+    """Mean of A(x) over [x0, 1] for (x, accuracy) points sorted by x in [0, 1] (module docstring)."""
+    if reading not in READINGS:
+        raise ValueError(f"unknown Pareto reading {reading!r}; use one of {list(READINGS)}")
     if not points:
-        raise ValueError(f"mean Pareto accuracy needs a front member with {cost} <= {high:g}, got none")
+        raise ValueError("a Pareto curve needs at least one point")
     x0, a0 = points[0]
     if x0 >= 1.0 or len(points) == 1:
         return a0
     area = 0.0
-    for (x, acc), (x_next, _) in zip(points, points[1:] + [(1.0, 0.0)]):
-        area += (x_next - x) * acc
+    for (x, acc), (x_next, acc_next) in zip(points, points[1:]):
+        area += (x_next - x) * (acc if reading == "staircase" else (acc + acc_next) / 2)
+    area += (1.0 - points[-1][0]) * points[-1][1]
     return area / (1.0 - x0)
+
+
+def mean_pareto_accuracy(
+    front: Sequence[Candidate],
+    low: float,
+    high: float,
+    cost: str = "macs",
+    *,
+    split: str = "val",
+    reading: str = "staircase",
+) -> float:
+    """Mean Pareto accuracy of the val-selected front of `front`, read on `split` (module docstring)."""
+    if not high > low:
+        raise ValueError(f"mean Pareto accuracy needs low < high, got [{low}, {high}]")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {list(SPLITS)}")
+    members = [c for c in pareto_front(front, cost) if (c.cost(cost) - low) / (high - low) <= 1.0]
+    if not members:
+        raise ValueError(f"mean Pareto accuracy needs a front member with {cost} <= {high:g}, got none")
+    if split == "test" and any(c.test_top1 is None for c in members):
+        raise ValueError("mean Pareto accuracy on test needs the test accuracy of every front member")
+    points = [
+        (max(0.0, (c.cost(cost) - low) / (high - low)), c.accuracy() if split == "val" else float(c.test_top1))
+        for c in members
+    ]
+    return curve_mean(points, reading)
+
+
+def pareto_summary(front: Sequence[Candidate], low: float, high: float, cost: str = "macs") -> dict[str, dict[str, float]]:
+    """Every reading of the mean Pareto accuracy on every split that all front members have: {reading: {split: value}}."""
+    members = pareto_front(front, cost)
+    splits = [s for s in SPLITS if s == "val" or all(c.test_top1 is not None for c in members)]
+    return {
+        reading: {split: mean_pareto_accuracy(front, low, high, cost, split=split, reading=reading) for split in splits}
+        for reading in READINGS
+    }

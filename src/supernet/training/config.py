@@ -131,7 +131,8 @@ class DistillConfig(_Section):
     """Students' loss: kd_weight * divergence(student, teacher) + ce_weight * CE(student, labels)."""
 
     divergence: Literal["kl", "reverse_kl", "symmetric_kl", "soft_ce", "alpha", "adaptive_alpha"] = "soft_ce"
-    options: dict[str, float] = Field(default_factory=dict, description="keyword arguments of the divergence")
+    options: dict[str, float | bool] = Field(default_factory=dict, description="keyword arguments of the divergence, "
+                                             "e.g. temperature, or for adaptive_alpha alpha_min, alpha_max, clip, official")
     kd_weight: float = Field(1.0, ge=0)
     ce_weight: float = Field(0.0, ge=0)
 

@@ -51,14 +51,29 @@ class SandwichSampler:
 
 @dataclass
 class UniformSampler:
-    """`num_random` uniformly sampled sub-networks, optionally preceded by the largest (OFA phases)."""
+    """`num_random` uniformly sampled sub-networks, optionally preceded by the largest.
+
+    With the largest included, the others are drawn from the space without it (DepS Eq. 4: the full
+    model plus k-1 sub-networks from A minus the full model), so it never trains twice in one step.
+    """
 
     num_random: int = 1
     include_largest: bool = False
+    max_redraws: int = 100
 
     def sample(self, ctx: SampleContext) -> list[Arch]:
-        head = [ctx.space.largest()] if self.include_largest else []
-        return head + [ctx.space.sample(ctx.rng) for _ in range(self.num_random)]
+        if not self.include_largest:
+            return [ctx.space.sample(ctx.rng) for _ in range(self.num_random)]
+        largest = ctx.space.largest()
+        return [largest] + [self._other_than(largest, ctx) for _ in range(self.num_random)]
+
+    def _other_than(self, largest: Arch, ctx: SampleContext) -> Arch:
+        arch = ctx.space.sample(ctx.rng)
+        for _ in range(self.max_redraws):  # a space of one sub-network has nothing else to offer
+            if arch != largest:
+                break
+            arch = ctx.space.sample(ctx.rng)
+        return arch
 
 
 def sample_compound(space: SearchSpace, rng: random.Random) -> Arch:
