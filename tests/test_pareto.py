@@ -214,7 +214,7 @@ def test_readings_closed_forms_and_test_split_of_the_val_front() -> None:
     worse_on_val = replace(cand(80, 0.7, 2), test_top1=0.99)  # never on the val front: test must not pick it
     front = [*members, worse_on_val]
     assert mean_pareto_accuracy(front, 0, 100) == pytest.approx(0.7)
-    assert mean_pareto_accuracy(front, 0, 100, reading="trapezoid") == pytest.approx((0.5 * 0.7 + 0.5 * 0.8))
+    assert mean_pareto_accuracy(front, 0, 100, reading="trapezoid") == pytest.approx(0.5 * 0.7 + 0.5 * 0.8)
     assert mean_pareto_accuracy(front, 0, 100, split="test") == pytest.approx(0.5 * 0.58 + 0.5 * 0.77)
     summary = pareto_summary(front, 0, 100)
     assert set(summary) == {"staircase", "trapezoid"} and set(summary["trapezoid"]) == {"val", "test"}

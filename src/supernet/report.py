@@ -692,8 +692,10 @@ def _search_html(s: SearchInfo, style: Style, reading: str) -> str:
     ]
     parts = [
         f"<h3>Search {_e(s.name)} <small>({_e(style.label)})</small></h3>",
-        f'<p class="mpa">Mean Pareto accuracy ({_e(reading)} reading, front selected on val): '
-        f"<strong>{_pareto_cell(d, reading)}</strong></p>",
+        (
+            f'<p class="mpa">Mean Pareto accuracy ({_e(reading)} reading, front selected on val): '
+            f"<strong>{_pareto_cell(d, reading)}</strong></p>"
+        ),
         '<ul class="facts">' + "".join(f"<li>{_e(k)}: {_e(v)}</li>" for k, v in facts) + "</ul>",
     ]
     if not has_test:

@@ -26,6 +26,7 @@ table never mixes them: every figure names its reading.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -185,7 +186,7 @@ def curve_mean(points: Sequence[tuple[float, float]], reading: str = "staircase"
     if x0 >= 1.0 or len(points) == 1:
         return a0
     area = 0.0
-    for (x, acc), (x_next, acc_next) in zip(points, points[1:]):
+    for (x, acc), (x_next, acc_next) in itertools.pairwise(points):
         area += (x_next - x) * (acc if reading == "staircase" else (acc + acc_next) / 2)
     area += (1.0 - points[-1][0]) * points[-1][1]
     return area / (1.0 - x0)
