@@ -78,3 +78,28 @@ def test_attentive_picks_by_score_inside_a_macs_bucket(mode: str) -> None:
 def test_attentive_needs_a_scorer() -> None:
     with pytest.raises(ValueError, match="scorer"):
         AttentiveSampler().sample(ctx())
+
+
+def test_attentive_targets_follow_the_spaces_macs_prior() -> None:
+    """AttentiveNAS draws target MACs from the space's empirical prior: the picks' MACs follow it."""
+    lo, hi = macs(SPACE, SPACE.smallest(), 10), macs(SPACE, SPACE.largest(), 10)
+    draws = random.Random(99)
+    uniform = sorted(macs(SPACE, SPACE.sample(draws), 10) for _ in range(3000))
+    deciles = [uniform[len(uniform) * k // 10] for k in range(1, 10)]
+
+    def decile_shares(sampler: AttentiveSampler) -> list[float]:
+        rng = random.Random(5)
+        context = SampleContext(SPACE, rng, 10, score=lambda archs: [0.0] * len(archs))
+        picks = [macs(SPACE, a, 10) for _ in range(400) for a in sampler.sample(context)[2:]]
+        counts = [0] * 10
+        for m in picks:
+            counts[sum(m >= d for d in deciles)] += 1
+        return [c / len(picks) for c in counts]
+
+    prior = decile_shares(AttentiveSampler(num_random=2, candidates=1, num_buckets=10))
+    assert all(0.05 < share < 0.15 for share in prior), prior  # every decile of the prior is reached, ~10% each
+    tv_prior = sum(abs(s - 0.1) for s in prior) / 2
+    old = decile_shares(AttentiveSampler(num_random=2, candidates=1, num_buckets=10, target="uniform"))
+    tv_uniform = sum(abs(s - 0.1) for s in old) / 2
+    assert tv_prior < 0.08 and tv_uniform > 0.3, (tv_prior, tv_uniform)
+    assert lo < deciles[0] and deciles[-1] < hi

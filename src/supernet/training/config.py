@@ -94,6 +94,10 @@ class AttentiveConfig(_Section):
     candidates: int = Field(3, ge=1)
     mode: Literal["best", "worst"] = "best"
     num_buckets: int = Field(10, ge=1)
+    target: Literal["prior", "uniform"] = Field(
+        "prior", description="target MACs from the space's empirical MACs prior (AttentiveNAS) or uniform intervals"
+    )
+    prior_samples: int = Field(2000, ge=1, description="uniform sub-networks that estimate the MACs prior")
 
 
 class DiversityConfig(_Section):

@@ -142,7 +142,8 @@ def build_sampler(config: Config) -> Sampler:
     if s.name == "compound":
         return CompoundSampler(s.num_random, s.sandwich)
     if s.name == "attentive":
-        return AttentiveSampler(s.num_random, s.candidates, s.mode, s.num_buckets)
+        return AttentiveSampler(s.num_random, s.candidates, s.mode, s.num_buckets, target=s.target,
+                                prior_samples=s.prior_samples)
     from supernet.training.diversity import DiversitySampler
 
     return DiversitySampler(num_networks=s.num_networks)

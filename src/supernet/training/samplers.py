@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from supernet.cost import macs
 from supernet.space import Arch, SearchSpace
 
 Scorer = Callable[[Sequence[Arch]], list[float]]
+PRIOR_SEED = 0  # the AttentiveNAS MACs prior is estimated from a fixed stream: the same on every rank and resume
 
 
 @dataclass
@@ -117,9 +118,13 @@ class CompoundSampler:
 class AttentiveSampler:
     """AttentiveNAS: largest, smallest, and `num_random` picks each best (or worst) of `candidates`.
 
-    Each pick draws a MACs bucket uniformly (`num_buckets` equal intervals between the smallest and
-    largest sub-network), draws `candidates` sub-networks inside it, scores them on the current batch
-    and keeps the lowest-loss one (`mode='best'`, BestUp) or the highest-loss one (`'worst'`, WorstUp).
+    Each pick draws a target MACs value from the space's MACs prior, as the AttentiveNAS paper (section
+    3.2, pi(tau)) and its released sampler do: the empirical distribution of the MACs of `prior_samples`
+    uniformly drawn sub-networks (a fixed seed, so a resumed run rebuilds the same prior), discretised
+    into `num_buckets` equal MACs intervals. It then draws `candidates` sub-networks inside the target's
+    interval, scores them on the current batch and keeps the lowest-loss one (`mode='best'`, BestUp) or
+    the highest-loss one (`'worst'`, WorstUp). `target='uniform'` draws the interval uniformly instead
+    (this package's earlier rule, which rarely reaches the costliest intervals).
     """
 
     num_random: int = 2
@@ -127,6 +132,21 @@ class AttentiveSampler:
     mode: str = "best"
     num_buckets: int = 10
     max_tries: int = 200
+    target: str = "prior"
+    prior_samples: int = 2000
+    _prior: tuple[SearchSpace, list[float]] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def prior(self, space: SearchSpace, num_classes: int) -> list[float]:
+        """Probability of each MACs interval under uniform sampling of `space` (the AttentiveNAS prior)."""
+        if self._prior is None or self._prior[0] is not space:
+            lo, hi = macs(space, space.smallest(), num_classes), macs(space, space.largest(), num_classes)
+            rng = random.Random(PRIOR_SEED)
+            counts = [0] * self.num_buckets
+            for _ in range(self.prior_samples):
+                m = macs(space, space.sample(rng), num_classes)
+                counts[min(self.num_buckets - 1, int((m - lo) / (hi - lo) * self.num_buckets)) if hi > lo else 0] += 1
+            self._prior = (space, [c / self.prior_samples for c in counts])
+        return self._prior[1]
 
     def sample(self, ctx: SampleContext) -> list[Arch]:
         if ctx.score is None:
@@ -134,9 +154,13 @@ class AttentiveSampler:
         space = ctx.space
         lo = macs(space, space.smallest(), ctx.num_classes)
         hi = macs(space, space.largest(), ctx.num_classes)
+        weights = self.prior(space, ctx.num_classes) if self.target == "prior" else None
         picks = []
         for _ in range(self.num_random):
-            bucket = ctx.rng.randrange(self.num_buckets)
+            if weights is None:
+                bucket = ctx.rng.randrange(self.num_buckets)
+            else:
+                bucket = ctx.rng.choices(range(self.num_buckets), weights=weights)[0]
             low = lo + (hi - lo) * bucket / self.num_buckets
             high = lo + (hi - lo) * (bucket + 1) / self.num_buckets
             pool = [self._draw_in(space, ctx, low, high) for _ in range(self.candidates)]
