@@ -15,6 +15,7 @@ from torch import Tensor
 
 from supernet.distill import (
     DIVERGENCES,
+    NoFiniteMinimiserError,
     adaptive_alpha_divergence,
     alpha_divergence,
     ensemble_teacher,
@@ -24,6 +25,7 @@ from supernet.distill import (
     soft_cross_entropy,
     symmetric_kl_divergence,
 )
+from supernet.training.teachers import EnsembleTeacher
 
 TEMPERATURE_DIVERGENCES = {
     "kl": kl_divergence,
@@ -403,6 +405,31 @@ def test_bound_keeps_separable_batches_finite() -> None:
     _, w = ensemble_teacher(members, labels, bound=5.0)
     assert torch.isfinite(w).all() and float(w.abs().max()) == pytest.approx(5.0)
     assert float(w.sum()) == pytest.approx(1.0, abs=1e-6)
+    # unbounded (the default, EnNAS Eq. 2) the solver says there is no finite minimiser
+    with pytest.raises(NoFiniteMinimiserError, match="no finite minimiser: a weighting of the 2 members separates"):
+        ensemble_teacher(members, labels)
+    _, w = ensemble_teacher(members, labels, nonnegative=True)  # the simplex always has a minimiser
+    assert (w >= 0).all() and float(w.sum()) == pytest.approx(1.0, abs=1e-9)
+    # the training teacher solves such a batch within its fallback box and counts it
+    teacher = EnsembleTeacher()
+    targets = teacher.before_step([0, 1], torch.zeros(1), labels, lambda i: members[i])  # type: ignore[list-item]
+    assert teacher.separable_batches == 1 and float(teacher.last_weights.abs().max()) == pytest.approx(10.0)
+    assert torch.isfinite(targets).all()
+
+
+def test_no_box_by_default_and_a_box_changes_answers() -> None:
+    """The ensemble weights are EnNAS's unconstrained optimum unless a bound is asked for."""
+    changed = 0
+    for seed in range(24):
+        members, labels = _ensemble_problem(100 + seed, 4)
+        members = members[:1] + 0.05 * members  # nearly equal members: the optimum extrapolates, large weights
+        _, free = ensemble_teacher(members, labels)
+        _, boxed = ensemble_teacher(members, labels, bound=2.0)
+        z, y = members.double().numpy(), labels.numpy()
+        ce_free, ce_boxed = _ce_and_grad(free.numpy(), z, y)[0], _ce_and_grad(boxed.numpy(), z, y)[0]
+        assert ce_free <= ce_boxed + 1e-9
+        changed += not torch.allclose(free, boxed, atol=1e-6)
+    assert changed >= 1  # a box is not harmless: it moves some answers away from the optimum
 
 
 def test_ensemble_teacher_is_detached_float32_under_autocast() -> None:

@@ -172,3 +172,28 @@ def test_bf16_autocast_trains(tmp_path) -> None:
     trainer = train(tmp_path, "alphanet.yaml", "train.bf16=true", "train.epochs=1", "train.eval_every_epochs=0")
     records = [r for r in read_metrics(trainer.run_dir.root) if r["kind"] == "train"]
     assert all(r["loss"] is not None for r in records)
+
+
+def test_late_distillation_and_part_of_the_data_per_epoch(tmp_path, monkeypatch) -> None:
+    """EnNAS: the ensemble teacher starts at distill.start_epoch; each epoch visits epoch_fraction of the data."""
+    from supernet.training.teachers import EnsembleTeacher
+
+    calls = []
+    original = EnsembleTeacher.before_step
+
+    def counted(self, archs, images, labels, forward):  # type: ignore[no-untyped-def]
+        calls.append(len(archs))
+        return original(self, archs, images, labels, forward)
+
+    monkeypatch.setattr(EnsembleTeacher, "before_step", counted)
+    data = small_data()
+    trainer = Trainer(quick_config("ennas.yaml", "train.epochs=2", "distill.start_epoch=0.5",
+                                   "train.epoch_fraction=0.5", "train.eval_every_epochs=0"),
+                      tmp_path / "run", data=data, progress=False)
+    full_steps = len(data.train) // 32
+    assert trainer.steps_per_epoch == round(full_steps * 0.5)
+    trainer.run()
+    assert trainer.global_step == 2 * trainer.steps_per_epoch
+    assert len(calls) == 2 * trainer.steps_per_epoch - round(0.5 * trainer.steps_per_epoch)
+    records = [r for r in read_metrics(trainer.run_dir.root) if r["kind"] == "train"]
+    assert all("ensemble_separable_batches" in r for r in records)

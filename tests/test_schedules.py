@@ -8,7 +8,7 @@ import pytest
 
 from supernet import spaces
 from supernet.training.config import load_config
-from supernet.training.schedules import Schedule, cosine_lr, epsilon
+from supernet.training.schedules import Schedule, cosine_lr, epsilon, linear_lr
 from training_helpers import CONFIGS
 
 
@@ -77,3 +77,20 @@ def test_ofa_phases_happen_in_order_with_growing_spaces() -> None:
     assert reorders == ["expand_1", "width"]
     assert kernel.lr == pytest.approx(0.06)  # each phase restarts its own cosine at its own peak
     assert sched.total_steps == sum(max(1, round(p.epochs * 20)) for p in config.schedule.phases)
+
+
+def test_linear_annealing_and_late_distillation() -> None:
+    """EnNAS: linear lr annealing, and distillation only from `distill.start_epoch` on."""
+    assert linear_lr(0, 100, 0.5, 0, 0.01, 0.0) == 0.5
+    assert linear_lr(50, 100, 0.5, 0, 0.01, 0.0) == pytest.approx(0.25)
+    assert linear_lr(100, 100, 0.5, 0, 0.01, 0.1) == pytest.approx(0.05)
+    config = load_config(None, ["optim.lr_schedule=linear", "optim.warmup_epochs=0", "train.epochs=6",
+                                "distill.start_epoch=1", "optim.lr=0.256"])
+    schedule = Schedule(config, spaces.get("fmnist"), steps_per_epoch=10, global_batch=256)
+    assert [schedule.plan(s).distill for s in (0, 9, 10, 59)] == [False, False, True, True]
+    lrs = [schedule.plan(s).lr for s in range(60)]
+    assert all(b - a == pytest.approx(-0.256 / 60) for a, b in zip(lrs, lrs[1:]))
+    ennas = load_config(CONFIGS / "ennas.yaml")
+    assert ennas.optim.lr_schedule == "linear" and ennas.distill.start_epoch == pytest.approx(ennas.train.epochs / 6)
+    big = load_config(CONFIGS / "imagenet" / "ennas.yaml")
+    assert (big.train.epochs, big.distill.start_epoch, big.optim.lr, big.optim.weight_decay) == (120, 20, 0.5, 4e-5)

@@ -24,6 +24,7 @@ __all__ = [
     "Reduction",
     "adaptive_alpha_divergence",
     "alpha_divergence",
+    "NoFiniteMinimiserError",
     "ensemble_teacher",
     "get_divergence",
     "kl_divergence",
@@ -370,10 +371,16 @@ def _box_qp_step(grad: np.ndarray, hess: np.ndarray, w: np.ndarray, lower: float
     return d
 
 
+class NoFiniteMinimiserError(ValueError):
+    """The batch cross-entropy of the ensemble keeps falling as its weights grow: no finite optimum."""
+
+
 def _optimal_weights(
     members: np.ndarray, labels: np.ndarray, lower: float, upper: float, max_iter: int
-) -> np.ndarray:
+) -> tuple[np.ndarray, bool]:
     """Weights w (sum 1, lower <= w <= upper) minimising the batch cross-entropy of sum_i w_i z_i.
+
+    Returns the weights and whether Newton's method converged within `max_iter` steps.
 
     `members` is float64 of shape (m, classes, batch): class-major, so that reductions over classes run as
     vectorised operations across the batch.
@@ -398,6 +405,7 @@ def _optimal_weights(
 
     w = np.full(m, 1.0 / m)
     f, probs = evaluate(w)
+    converged = False
     for _ in range(max_iter):
         np.multiply(z, probs.reshape(-1), out=weighted)
         moments = weighted.reshape(m, c, n).sum(1)
@@ -409,6 +417,7 @@ def _optimal_weights(
         step_dir = _box_qp_step(grad, hess, w, lower, upper)
         decrement = -float(grad @ step_dir)
         if decrement <= 1e-12 * f:
+            converged = True
             break
         for halving in range(40):
             step = 0.5**halving
@@ -417,13 +426,15 @@ def _optimal_weights(
             if f_new <= f - 1e-4 * step * decrement:
                 break
         else:
-            break  # no decrease beyond rounding: w is optimal to working precision
+            converged = True  # no decrease beyond rounding: w is optimal to working precision
+            break
         w, f, probs = candidate, f_new, probs_new
         # f - f* is about decrement / 2 before a full Newton step and far smaller after it: no need to
         # pay for another Hessian just to confirm convergence
         if step == 1.0 and decrement <= 1e-7 * f:
+            converged = True
             break
-    return w
+    return w, converged
 
 
 def _solve_weights(
@@ -441,10 +452,18 @@ def _solve_weights(
         raise ValueError(f"max_iter must be positive, got {max_iter}")
     lower, upper = (0.0, math.inf) if nonnegative else (-(bound or math.inf), bound or math.inf)
     if m == 1:
-        solved = np.ones(1)
-    else:
-        class_major = np.ascontiguousarray(members.cpu().numpy().transpose(0, 2, 1), dtype=np.float64)
-        solved = _optimal_weights(class_major, labels.cpu().numpy(), lower, upper, max_iter)
+        return torch.ones(1, dtype=torch.float64)
+    class_major = np.ascontiguousarray(members.cpu().numpy().transpose(0, 2, 1), dtype=np.float64)
+    solved, converged = _optimal_weights(class_major, labels.cpu().numpy(), lower, upper, max_iter)
+    # Newton's method with the exact Hessian converges in a handful of steps wherever a minimiser exists;
+    # running out of steps with unbounded weights means the cross-entropy falls forever along some
+    # weighting that separates the batch (a box or non-negativity always has a minimiser).
+    if not converged and not nonnegative and bound is None:
+        raise NoFiniteMinimiserError(
+            f"the ensemble cross-entropy of this batch has no finite minimiser: a weighting of the {m} members "
+            f"separates the batch, so the weights grow without limit (max |w| {np.abs(solved).max():.3g} after "
+            f"{max_iter} Newton steps); pass bound=B to cap them, nonnegative=True, or weights='mean'"
+        )
     return torch.from_numpy(solved)
 
 
@@ -454,12 +473,16 @@ def ensemble_teacher(
     weights: Literal["optimal", "mean"] = "optimal",
     *,
     nonnegative: bool = False,
-    bound: float | None = 10.0,
+    bound: float | None = None,
     max_iter: int = 50,
 ) -> tuple[Tensor, Tensor]:
-    """Detached teacher logits sum_i w_i z_i and weights w (sum 1): CE-optimal for `labels`, or the mean."""
-    # "optimal" is EnNAS Eq. 2. Unless `nonnegative`, |w_i| <= bound (None: unbounded): the bound only
-    # matters when a weighting separates the batch, as then the CE has no minimiser and w would diverge.
+    """Detached teacher logits sum_i w_i z_i and weights w (sum 1): CE-optimal for `labels`, or the mean.
+
+    "optimal" is EnNAS Eq. 2: unconstrained apart from sum(w) = 1 by default. `nonnegative` keeps w >= 0;
+    `bound` caps |w_i| (a box the paper does not have: it changes the answer whenever the optimum lies
+    outside it). When a weighting separates the batch the unconstrained cross-entropy has no finite
+    minimiser and NoFiniteMinimiserError says so; a bound or non-negativity then gives finite weights.
+    """
     # The weights come back as float64 on the CPU: sum(w) = 1 holds to 1e-15 even for large weights.
     members = _stack_members(logits_list)
     with _no_autocast(members):

@@ -67,6 +67,9 @@ class OptimConfig(_Section):
     warmup_epochs: float = Field(0.0, ge=0)
     warmup_start_factor: float = Field(0.01, gt=0, le=1)
     min_lr_factor: float = Field(0.0, ge=0, le=1, description="final lr as a fraction of the peak")
+    lr_schedule: Literal["cosine", "linear"] = Field(
+        "cosine", description="decay after warm-up: cosine, or linear annealing (EnNAS)"
+    )
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     grad_clip: GradClipConfig = GradClipConfig()
 
@@ -118,6 +121,10 @@ class TeacherConfig(_Section):
     name: Literal["none", "inplace", "ensemble", "external"] = "inplace"
     ensemble_weights: Literal["optimal", "mean"] = "optimal"
     ensemble_nonnegative: bool = False
+    ensemble_bound: float | None = Field(
+        None, ge=1, description="cap |w_i| of the ensemble weights (EnNAS has none; batches with no finite "
+        "optimum fall back to 10 and are counted)"
+    )
     checkpoint: str | None = Field(
         None,
         description="external: a run directory or checkpoint of this tool (its largest sub-network), "
@@ -139,6 +146,9 @@ class DistillConfig(_Section):
                                              "e.g. temperature, or for adaptive_alpha alpha_min, alpha_max, clip, official")
     kd_weight: float = Field(1.0, ge=0)
     ce_weight: float = Field(0.0, ge=0)
+    start_epoch: float = Field(
+        0.0, ge=0, description="epochs before distillation starts; until then students train on labels (EnNAS, Cream)"
+    )
 
     @model_validator(mode="after")
     def _options_fit(self) -> DistillConfig:
@@ -191,6 +201,10 @@ class TrainConfig(_Section):
 
     epochs: float = Field(3, gt=0, description="epochs (ignored by the progressive schedule: phases set it)")
     max_steps_per_epoch: int | None = Field(None, gt=0)
+    epoch_fraction: float = Field(
+        1.0, gt=0, le=1, description="share of the training set each epoch visits, a fresh random part every "
+        "epoch (EnNAS samples part of the data per epoch)"
+    )
     bf16: bool = Field(False, description="bfloat16 autocast for forward passes")
     channels_last: bool = Field(True, description="NHWC layout for weights and activations (faster on CPU)")
     dropout: float = Field(0.0, ge=0, lt=1, description="before the classifier, largest network only")

@@ -68,7 +68,14 @@ from supernet.training.samplers import (
     sample_compound,
 )
 from supernet.training.schedules import Schedule, StepPlan
-from supernet.training.teachers import EnsembleTeacher, ExternalTeacher, InplaceTeacher, NoTeacher, Teacher
+from supernet.training.teachers import (
+    EnsembleTeacher,
+    ExternalTeacher,
+    InplaceTeacher,
+    NoTeacher,
+    Teacher,
+    teacher_stats,
+)
 
 
 class TrainingStopped(RuntimeError):
@@ -244,6 +251,7 @@ class Trainer:
                 f"{len(self.data.train) // self.dist.world_size} or train on more images (data.limit, data.val_size)"
             )
         steps = self._loader(epoch=0, start_step=0).steps_per_epoch
+        steps = max(1, round(steps * config.train.epoch_fraction))  # each epoch's order is a fresh permutation
         if config.train.max_steps_per_epoch:
             steps = min(steps, config.train.max_steps_per_epoch)
         self.steps_per_epoch = steps
@@ -300,7 +308,7 @@ class Trainer:
         if t.name == "inplace":
             return InplaceTeacher(self.space.largest())
         if t.name == "ensemble":
-            return EnsembleTeacher(t.ensemble_weights, t.ensemble_nonnegative)
+            return EnsembleTeacher(t.ensemble_weights, t.ensemble_nonnegative, t.ensemble_bound)
         if self._teacher_module is not None:
             return ExternalTeacher(self._teacher_module.to(self.device), None)
         if t.checkpoint == "snapshot":
@@ -608,7 +616,7 @@ class Trainer:
                     "kind": "train", "step": self.global_step, "epoch": epoch + 1, "phase": plan.phase,
                     "lr": plan.lr, "eps": plan.sub_scale, **out, "train_macs": self.counters["train_macs"],
                     "wall_time": self.counters["wall_time"], "elapsed": self.counters["elapsed"],
-                    "skipped_steps": self.counters["nonfinite_total"],
+                    "skipped_steps": self.counters["nonfinite_total"], **teacher_stats(self.teacher),
                 })
         if self.global_step % cfg.train.checkpoint_every_steps == 0:
             self.save()

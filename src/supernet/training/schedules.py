@@ -5,6 +5,7 @@ Every schedule is a pure function of the global step, so a resumed run needs not
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -19,6 +20,14 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int, start_factor: flo
     span = max(total - warmup, 1)
     progress = min(max(step - warmup, 0) / span, 1.0)
     return peak * (min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def linear_lr(step: int, total: int, peak: float, warmup: int, start_factor: float, min_factor: float) -> float:
+    """Linear warm-up as `cosine_lr`, then linear annealing to `min_factor * peak` at `total` (EnNAS)."""
+    if warmup > 0 and step < warmup:
+        return peak * (start_factor + (1.0 - start_factor) * step / warmup)
+    progress = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+    return peak * (1.0 - (1.0 - min_factor) * progress)
 
 
 def epsilon(step: int, shrink_start: int, ramp_steps: int, eps_start: float) -> float:
@@ -75,6 +84,7 @@ class Schedule:
             self.total_steps = start
         else:
             self.total_steps = max(1, round(config.train.epochs * steps_per_epoch))
+        self.distill_start = round(config.distill.start_epoch * steps_per_epoch)
         self.shrink_start = 0
         if isinstance(sched, DelayedEpsConfig):
             self.shrink_start = round(sched.fm_warmup * self.total_steps)
@@ -96,10 +106,17 @@ class Schedule:
 
     def _lr(self, step: int, total: int, peak: float) -> float:
         o = self.config.optim
-        return cosine_lr(step, total, peak, self.warmup_steps, o.warmup_start_factor, o.min_lr_factor)
+        decay = linear_lr if o.lr_schedule == "linear" else cosine_lr
+        return decay(step, total, peak, self.warmup_steps, o.warmup_start_factor, o.min_lr_factor)
 
     def plan(self, step: int) -> StepPlan:
-        """The plan of global step `step` (0-based)."""
+        """The plan of global step `step` (0-based); distillation waits for `distill.start_epoch`."""
+        plan = self._plan(step)
+        if step < self.distill_start and plan.distill:
+            return dataclasses.replace(plan, distill=False)
+        return plan
+
+    def _plan(self, step: int) -> StepPlan:
         sched = self.config.schedule
         if isinstance(sched, ProgressiveConfig):
             phase = next((p for p in reversed(self.phases) if step >= p.start), self.phases[0])

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from supernet.data import resize_batch
-from supernet.distill import ensemble_teacher
+from supernet.distill import NoFiniteMinimiserError, ensemble_teacher
 from supernet.space import Arch
 
 FrozenForward = Callable[[Arch], Tensor]  # logits of an arch on the step's batch, no grad, BN stats untouched
@@ -55,15 +55,29 @@ class InplaceTeacher:
 
 @dataclass
 class EnsembleTeacher:
-    """EnNAS: the CE-optimal weighted ensemble of the step's sampled sub-networks."""
+    """EnNAS: the CE-optimal weighted ensemble of the step's sampled sub-networks (EnNAS Eq. 2).
+
+    The weights are unconstrained but for sum(w) = 1 unless `bound` or `nonnegative` says otherwise. A
+    batch that some weighting separates has no finite optimum: that batch is solved with |w_i| <=
+    `fallback_bound` instead and counted in `separable_batches` (logged with the training records).
+    """
 
     weights: str = "optimal"
     nonnegative: bool = False
+    bound: float | None = None
+    fallback_bound: float = 10.0
     last_weights: Tensor | None = None
+    separable_batches: int = 0
 
     def before_step(self, archs: Sequence[Arch], images: Tensor, labels: Tensor, forward: FrozenForward) -> Tensor:
         logits = [forward(a) for a in archs]
-        teacher, w = ensemble_teacher(logits, labels, weights=self.weights, nonnegative=self.nonnegative)
+        try:
+            teacher, w = ensemble_teacher(logits, labels, weights=self.weights, nonnegative=self.nonnegative,
+                                          bound=self.bound)
+        except NoFiniteMinimiserError:
+            self.separable_batches += 1
+            teacher, w = ensemble_teacher(logits, labels, weights=self.weights, nonnegative=self.nonnegative,
+                                          bound=self.fallback_bound)
         self.last_weights = w
         return teacher
 
@@ -86,3 +100,10 @@ class ExternalTeacher:
 
     def from_full(self, full_logits: Tensor, targets: Tensor | None) -> Tensor | None:
         return targets
+
+
+def teacher_stats(teacher: Teacher) -> dict[str, float]:
+    """What a teacher reports in the training records (the ensemble's separable batches so far)."""
+    if isinstance(teacher, EnsembleTeacher):
+        return {"ensemble_separable_batches": float(teacher.separable_batches)}
+    return {}
