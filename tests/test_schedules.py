@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -89,7 +90,7 @@ def test_linear_annealing_and_late_distillation() -> None:
     schedule = Schedule(config, spaces.get("fmnist"), steps_per_epoch=10, global_batch=256)
     assert [schedule.plan(s).distill for s in (0, 9, 10, 59)] == [False, False, True, True]
     lrs = [schedule.plan(s).lr for s in range(60)]
-    assert all(b - a == pytest.approx(-0.256 / 60) for a, b in zip(lrs, lrs[1:]))
+    assert all(b - a == pytest.approx(-0.256 / 60) for a, b in itertools.pairwise(lrs))
     ennas = load_config(CONFIGS / "ennas.yaml")
     assert ennas.optim.lr_schedule == "linear" and ennas.distill.start_epoch == pytest.approx(ennas.train.epochs / 6)
     big = load_config(CONFIGS / "imagenet" / "ennas.yaml")

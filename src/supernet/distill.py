@@ -21,10 +21,10 @@ from torch.autograd.function import once_differentiable
 __all__ = [
     "DIVERGENCES",
     "Divergence",
+    "NoFiniteMinimiserError",
     "Reduction",
     "adaptive_alpha_divergence",
     "alpha_divergence",
-    "NoFiniteMinimiserError",
     "ensemble_teacher",
     "get_divergence",
     "kl_divergence",
