@@ -293,7 +293,8 @@ def test_every_accuracy_names_its_split_and_images_and_the_page_shows_data_time_
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     with (run / "metrics.jsonl").open("a") as fh:  # after the torn line: a newer run's eval record
         fh.write('\n{"kind": "eval", "step": 44, "epoch": 3, "smallest_top1": 0.5, "largest_top1": 0.85, '
-                 '"val_images": 128, "elapsed": 600.0, "wall_time": 420.0}\n')
+                 '"val_images": 128, "elapsed": 600.0, "wall_time": 420.0, "train_macs": 4e12, '
+                 '"gradient_macs": 3e12, "teacher_macs": 1e12}\n')
     search = make_search(tmp_path / "search", run, offset=0.0, with_test=True)
     front = json.loads((search / "front.json").read_text())
     front["images"] = {"val": 5000, "test": 10000}
@@ -319,3 +320,5 @@ def test_every_accuracy_names_its_split_and_images_and_the_page_shows_data_time_
     assert arch_text(arch) == readable and readable in page
     assert loss_names(load_run(run)) == ("cross-entropy (label smoothing 0.1)", "adaptive_alpha to the inplace teacher")
     assert arch_text({"width": [1]}) == '{"width":[1]}'  # a dict of another shape stays readable JSON
+    assert "training TMACs (every pass)" in page and ">4<" in page  # the total of all passes
+    assert (tmp_path / "report" / COST_PLOT).stat().st_size > 10_000

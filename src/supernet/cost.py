@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from supernet.space import Arch, SearchSpace, block_mid_channels, expanded_width, se_width
+from supernet.space import Arch, SearchSpace, StageSpec, block_mid_channels, expanded_width, se_width
 
 
 def conv_out_size(size: int, kernel: int, stride: int) -> int:
@@ -27,6 +27,29 @@ class Cost:
     params: int
 
 
+def block_cost(stage: StageSpec, block: int, c_in: int, width: int, size: int, kernel: int, ratio: float) -> tuple[int, int, int]:
+    """(MACs, params, output side) of block `block` of a stage on a `size` x `size` input of `c_in` channels."""
+    stride = stage.stride if block == 0 else 1
+    mid = block_mid_channels(c_in, ratio)
+    out_size = conv_out_size(size, kernel, stride)
+    macs = params = 0
+    if ratio != 1:
+        macs += c_in * mid * size * size
+        params += c_in * mid + 2 * mid
+    macs += mid * kernel * kernel * out_size * out_size
+    params += mid * kernel * kernel + 2 * mid
+    if stage.se:
+        r = se_width(mid)
+        macs += 2 * mid * r
+        params += 2 * mid * r + mid + r
+    macs += mid * width * out_size * out_size
+    params += mid * width + 2 * width
+    if stage.shortcut == "conv" and c_in != width:
+        macs += c_in * width * out_size * out_size
+        params += c_in * width
+    return macs, params, out_size
+
+
 def cost(space: SearchSpace, arch: Arch, num_classes: int, in_channels: int | None = None) -> Cost:
     """Analytic MACs and parameter count of `arch`, without building or running it."""
     spec = space.spec
@@ -40,25 +63,10 @@ def cost(space: SearchSpace, arch: Arch, num_classes: int, in_channels: int | No
         spec.stages, arch.widths, arch.depths, arch.kernels, arch.expand_ratios
     ):
         for b in range(depth):
-            stride = st.stride if b == 0 else 1
-            kernel, ratio = kernels[b], ratios[b]
-            mid = block_mid_channels(c, ratio)
-            out_size = conv_out_size(size, kernel, stride)
-            if ratio != 1:
-                macs += c * mid * size * size
-                params += c * mid + 2 * mid
-            macs += mid * kernel * kernel * out_size * out_size
-            params += mid * kernel * kernel + 2 * mid
-            if st.se:
-                r = se_width(mid)
-                macs += 2 * mid * r
-                params += 2 * mid * r + mid + r
-            macs += mid * width * out_size * out_size
-            params += mid * width + 2 * width
-            if st.shortcut == "conv" and c != width:
-                macs += c * width * out_size * out_size
-                params += c * width
-            c, size = width, out_size
+            block_macs, block_params, size = block_cost(st, b, c, width, size, kernels[b], ratios[b])
+            macs += block_macs
+            params += block_params
+            c = width
     mid = expanded_width(c, spec.head.expand_ratio)
     macs += c * mid * size * size + mid * arch.head_width + arch.head_width * num_classes
     params += c * mid + 2 * mid + mid * arch.head_width + arch.head_width * num_classes + num_classes

@@ -20,7 +20,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from supernet.fileio import atomic_write_bytes, atomic_write_text
 from supernet.search.front_file import FrontFileError, read_front
 from supernet.search.pareto import READINGS
-from supernet.training.metrics import read_metrics_checked
+from supernet.training.metrics import PASS_KINDS, read_metrics_checked
 
 ACCURACY_PLOT = "accuracy_vs_macs.png"
 CURVES_PLOT = "training_curves.png"
@@ -460,10 +460,22 @@ def cost_figure(runs: Sequence[tuple[RunInfo, Style]], notes: list[str]) -> Figu
     scale, unit = _time_unit(max(r.run_time()[0] or 0.0 for r, _ in costed))
     wall.bar(names, [(r.run_time()[0] or 0.0) / scale for r, _ in costed], color=colours)
     wall.set(ylabel=f"run time ({unit})", title="Run time")
-    macs.bar(names, [(r.latest("train_macs") or 0.0) / 1e12 for r, _ in costed], color=colours)
-    macs.set(ylabel="TMACs", title="Training MACs (forward + backward)")
+    bottom = [0.0] * len(costed)
+    for kind, hatch in zip(PASS_KINDS, ("", "//", "..", "xx")):
+        values = [(r.latest(f"{kind}_macs") or 0.0) / 1e12 for r, _ in costed]
+        if any(values):
+            macs.bar(names, values, bottom=bottom, color=colours, hatch=hatch, edgecolor="white",
+                     label=f"{kind} passes")
+            bottom = [b + v for b, v in zip(bottom, values)]
+    rest = [(r.latest("train_macs") or 0.0) / 1e12 - b for (r, _), b in zip(costed, bottom)]
+    if any(v > 1e-12 for v in rest):  # runs from before the per-kind counters: their total only
+        macs.bar(names, rest, bottom=bottom, color=colours, alpha=0.5, label="not broken down")
+    macs.set(ylabel="TMACs", title="Training MACs: every pass (gradient passes 3x)")
+    macs.legend(fontsize=7)
+    wall.bar_label(wall.containers[0], fmt="%.3g", fontsize=8)
+    macs.bar_label(macs.containers[-1], labels=[f"{(r.latest('train_macs') or 0) / 1e12:.3g}" for r, _ in costed],
+                   fontsize=8)
     for ax in (wall, macs):
-        ax.bar_label(ax.containers[0], fmt="%.3g", fontsize=8)
         ax.tick_params(axis="x", labelrotation=20 if len(costed) > 3 else 0, labelsize=8)
         ax.grid(axis="y", alpha=0.3)
     return fig
@@ -587,7 +599,7 @@ def _runs_html(runs: list[RunInfo]) -> str:
         "epochs",
         "steps",
         "run time",
-        "training TMACs",
+        "training TMACs (every pass)",
         "smallest: last per-epoch val top-1",
         "largest: last per-epoch val top-1",
     ]
@@ -760,7 +772,9 @@ _CAPTIONS = {
     CURVES_PLOT: "Left: val top-1 of the largest (solid) and smallest (dashed) sub-networks at each per-epoch "
     "evaluation (on train.eval_images val images when set). Right: training losses per step: the largest "
     "network's (solid) and the mean of the other sub-networks' (dashed), each named in the legend.",
-    COST_PLOT: "Training cost per run: run time (evaluation and checkpoints included where logged) and training MACs.",
+    COST_PLOT: "Training cost per run: run time (evaluation and checkpoints included where logged) and the "
+    "multiply-adds of every pass the recipe ran, by kind: gradient passes (forward + backward, 3x), teacher "
+    "passes (in-place, ensemble or frozen teachers), scoring passes (AttentiveNAS) and sampler preparation (EnNAS).",
 }
 
 

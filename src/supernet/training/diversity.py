@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from supernet.cost import block_cost, conv_out_size, macs
 from supernet.data.augment import resize_batch
 from supernet.model import Supernet
 from supernet.space import Arch, SearchSpace, StageSpec
@@ -159,6 +160,27 @@ def estimate_diversity(
             row.append(d)
         mats.append(row)
     return DiversityTable.from_space(space, mats)
+
+
+def estimation_macs(space: SearchSpace, base: Arch, num_classes: int, in_channels: int | None = None) -> int:
+    """Multiply-adds per image of `estimate_diversity`: one pass of `base`, then every block under every op.
+
+    Each block position runs once per operator of its stage on the input `base` gives it (blocks deeper
+    than `base` reaches take the stage's output), at `base`'s output width, as `estimate_diversity` does.
+    """
+    spec = space.spec
+    c_in = space.in_channels if in_channels is None else in_channels
+    size = conv_out_size(base.resolution, spec.stem.kernel, spec.stem.stride)
+    c = base.stem_width
+    total = macs(space, base, num_classes, c_in)
+    for st, width, depth, kernels, ratios in zip(spec.stages, base.widths, base.depths, base.kernels,
+                                                 base.expand_ratios):
+        for b in range(max(st.depths)):
+            total += sum(block_cost(st, b, c, width, size, kernel, ratio)[0] for kernel, ratio in stage_ops(st))
+            if b < depth:  # the next block's input is what base's block b emits
+                size = block_cost(st, b, c, width, size, kernels[b], ratios[b])[2]
+                c = width
+    return total
 
 
 def _capture_input(store: dict[tuple[int, int], Tensor], key: tuple[int, int]) -> Any:

@@ -57,7 +57,8 @@ from supernet.training.config import (
     resume_config,
     resume_differences,
 )
-from supernet.training.metrics import MetricsLog
+from supernet.training.diversity import DiversitySampler, estimation_macs
+from supernet.training.metrics import PASS_KINDS, MetricsLog
 from supernet.training.samplers import (
     AttentiveSampler,
     CompoundSampler,
@@ -151,8 +152,6 @@ def build_sampler(config: Config) -> Sampler:
     if s.name == "attentive":
         return AttentiveSampler(s.num_random, s.candidates, s.mode, s.num_buckets, target=s.target,
                                 prior_samples=s.prior_samples)
-    from supernet.training.diversity import DiversitySampler
-
     return DiversitySampler(num_networks=s.num_networks)
 
 
@@ -267,8 +266,12 @@ class Trainer:
         self._session_start, self._elapsed_before = time.perf_counter(), 0.0
         # wall_time: seconds inside training steps; elapsed: seconds of run() in all, evaluation and
         # checkpoints included, summed over sessions (what a run really took).
-        self.counters = {"train_macs": 0, "wall_time": 0.0, "elapsed": 0.0, "nonfinite_total": 0,
-                         "nonfinite_streak": 0}
+        # train_macs: every multiply-add the recipe executed (PASS_KINDS: gradient passes as forward +
+        # backward = 3x, no-grad teacher and scoring passes 1x, sampler preparation), each kind also apart.
+        self.counters = {"train_macs": 0, **{f"{kind}_macs": 0 for kind in PASS_KINDS}, "wall_time": 0.0,
+                         "elapsed": 0.0, "gpu_hours": 0.0, "nonfinite_total": 0, "nonfinite_streak": 0}
+        self._pass_kind = "teacher"  # what a no-grad supernet pass is counted as (see `_passes`)
+        self._step_macs: dict[Arch, int] = {}
         self._teacher_module = teacher_module
         self.snapshot: nn.Module | None = None
         self.teacher = self._build_teacher()
@@ -415,7 +418,32 @@ class Trainer:
             save_checkpoint(self.run_dir.epoch_checkpoint(epoch_end), state)
 
     # -- one step ------------------------------------------------------------------------------------
+    # -- counting what runs --------------------------------------------------------------------------
+    def _count(self, kind: str, amount: int) -> None:
+        """Add `amount` multiply-adds (all ranks together) of one kind of pass to the run's cost."""
+        self.counters[f"{kind}_macs"] += amount
+        self.counters["train_macs"] += amount
+
+    def _arch_macs(self, arch: Arch) -> int:
+        """Multiply-adds of one image through `arch` (memoised for the current step)."""
+        if arch not in self._step_macs:
+            self._step_macs[arch] = macs(self.space, arch, self.num_classes, self.data.in_channels)
+        return self._step_macs[arch]
+
+    @contextlib.contextmanager
+    def _passes(self, kind: str) -> Iterator[None]:
+        """Count the no-grad supernet passes inside as `kind` (teacher or scoring)."""
+        previous, self._pass_kind = self._pass_kind, kind
+        try:
+            yield
+        finally:
+            self._pass_kind = previous
+
     def _forward(self, arch: Arch, images: Tensor, regularise: bool = False) -> Tensor:
+        # Every image of every rank runs the same arch: count the global batch (a gradient pass's backward
+        # is added once it has run, in train_step).
+        self._count("gradient" if torch.is_grad_enabled() else self._pass_kind,
+                    self._arch_macs(arch) * images.shape[0] * self.dist.world_size)
         net = self.net
         net.set_active(arch)
         net.dropout_rate = self.config.train.dropout if regularise else 0.0
@@ -436,7 +464,8 @@ class Trainer:
         forward = self._frozen_forward(images)
 
         def score(archs: list[Arch]) -> list[float]:  # averaged over ranks so every rank picks the same
-            return mean_over_ranks([F.cross_entropy(forward(a), labels).item() for a in archs], self.dist)
+            with self._passes("scoring"):
+                return mean_over_ranks([F.cross_entropy(forward(a), labels).item() for a in archs], self.dist)
 
         return score
 
@@ -464,7 +493,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         targets = None
         if plan.distill:
-            targets = self.teacher.before_step(archs, images, labels, self._frozen_forward(images))
+            with self._passes("teacher"):
+                targets = self.teacher.before_step(archs, images, labels, self._frozen_forward(images))
+            self._count("teacher", self.teacher.external_macs(images) * self.dist.world_size)
         losses: list[float] = []
         student_losses: list[float] = []
         for i, arch in enumerate(archs):
@@ -489,6 +520,7 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     return None
                 (loss * scale).backward()
+                self._count("gradient", 2 * self._arch_macs(arch) * images.shape[0] * self.dist.world_size)
             losses.append(loss.item())
             if not is_full:
                 student_losses.append(loss.item())
@@ -498,9 +530,7 @@ class Trainer:
         elif clip.kind == "norm":
             nn.utils.clip_grad_norm_(self.net.parameters(), clip.value)
         self.optimizer.step()
-        images_per_step = self.global_batch
-        self.counters["train_macs"] += sum(3 * macs(self.space, a, self.num_classes, self.data.in_channels)
-                                           for a in archs) * images_per_step
+        self._step_macs.clear()
         return {
             "loss": sum(losses) / len(losses),
             "loss_full": losses[0] if archs[0] == largest else float("nan"),
@@ -530,8 +560,16 @@ class Trainer:
         return TrainResult(self.run_dir.root, self.global_step, total, self.global_step >= total, self.last_eval)
 
     def _tick(self) -> None:
-        """Bring the elapsed-time counter up to now."""
-        self.counters["elapsed"] = self._elapsed_before + time.perf_counter() - self._session_start
+        """Bring the elapsed-time counter (and GPU hours, on GPUs: elapsed x processes) up to now."""
+        elapsed = self._elapsed_before + time.perf_counter() - self._session_start
+        if self.device.type == "cuda":
+            self.counters["gpu_hours"] += (elapsed - self.counters["elapsed"]) * self.dist.world_size / 3600
+        self.counters["elapsed"] = elapsed
+
+    def _cost_record(self) -> dict[str, float]:
+        """The run's cost so far, as logged: MACs in total and per kind of pass, times, GPU hours."""
+        keys = ["train_macs", *(f"{kind}_macs" for kind in PASS_KINDS), "wall_time", "elapsed", "gpu_hours"]
+        return {key: self.counters[key] for key in keys}
 
     def _stop_if_interrupted(self, interrupt: _DeferredInterrupt, saved: bool = False) -> None:
         # Every rank stops at the same step when any was interrupted (one all-reduce, multi-process only).
@@ -578,6 +616,9 @@ class Trainer:
             batches.append(images.to(self.device))
         if self.dist.is_main:
             self.sampler.prepare(self.net, batches, self.space)
+            images = sum(b.shape[0] for b in batches)
+            self._count("preparation", estimation_macs(self.space, self.space.largest(), self.num_classes,
+                                                       self.data.in_channels) * images)
         if self.dist.enabled:  # one estimate for all ranks, so they keep drawing the same architectures
             self.sampler.load_state_dict(broadcast_object(self.sampler.state_dict(), self.dist))
 
@@ -614,8 +655,7 @@ class Trainer:
                 self._tick()
                 self.log.write({
                     "kind": "train", "step": self.global_step, "epoch": epoch + 1, "phase": plan.phase,
-                    "lr": plan.lr, "eps": plan.sub_scale, **out, "train_macs": self.counters["train_macs"],
-                    "wall_time": self.counters["wall_time"], "elapsed": self.counters["elapsed"],
+                    "lr": plan.lr, "eps": plan.sub_scale, **out, **self._cost_record(),
                     "skipped_steps": self.counters["nonfinite_total"], **teacher_stats(self.teacher),
                 })
         if self.global_step % cfg.train.checkpoint_every_steps == 0:
@@ -652,9 +692,7 @@ class Trainer:
             record[f"{label}_loss"] = result.loss
             record["val_images"] = result.images  # per-epoch evaluation may use a subset (train.eval_images)
         self._tick()
-        record["train_macs"] = self.counters["train_macs"]
-        record["wall_time"] = self.counters["wall_time"]
-        record["elapsed"] = self.counters["elapsed"]
+        record.update(self._cost_record())
         self.log.write(record)
         if self.progress:
             tqdm.write(f"epoch {epoch}: val top-1 smallest {record['smallest_top1']:.2%} largest "

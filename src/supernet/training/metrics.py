@@ -10,6 +10,11 @@ from typing import Any
 from supernet.fileio import atomic_write_text
 from supernet.training.checkpoint import RunDir
 
+# The kinds of pass whose multiply-adds a run logs as `<kind>_macs` (their sum is `train_macs`): gradient
+# passes (forward + backward, 3x the forward), no-grad teacher passes, candidate scoring (AttentiveNAS) and
+# sampler preparation (EnNAS's diversity estimation).
+PASS_KINDS = ("gradient", "teacher", "scoring", "preparation")
+
 
 def _finite_or_none(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
+from supernet.cost import count_macs_by_hooks
 from supernet.data import resize_batch
 from supernet.distill import NoFiniteMinimiserError, ensemble_teacher
 from supernet.space import Arch
@@ -27,6 +28,10 @@ class Teacher(Protocol):
         """Targets once the full model has run in this step (in-place distillation)."""
         ...
 
+    def external_macs(self, images: Tensor) -> int:
+        """Multiply-adds this step's targets cost outside the supernet (a frozen external network)."""
+        ...
+
 
 class NoTeacher:
     """Students train on labels only (the 'no distillation' baseline)."""
@@ -36,6 +41,9 @@ class NoTeacher:
 
     def from_full(self, full_logits: Tensor, targets: Tensor | None) -> None:
         return None
+
+    def external_macs(self, images: Tensor) -> int:
+        return 0
 
 
 @dataclass
@@ -51,6 +59,9 @@ class InplaceTeacher:
 
     def from_full(self, full_logits: Tensor, targets: Tensor | None) -> Tensor:
         return full_logits.detach()
+
+    def external_macs(self, images: Tensor) -> int:
+        return 0  # its passes run through the supernet, which counts them
 
 
 @dataclass
@@ -84,6 +95,9 @@ class EnsembleTeacher:
     def from_full(self, full_logits: Tensor, targets: Tensor | None) -> Tensor | None:
         return targets
 
+    def external_macs(self, images: Tensor) -> int:
+        return 0  # its members run through the supernet, which counts them
+
 
 @dataclass
 class ExternalTeacher:
@@ -91,6 +105,7 @@ class ExternalTeacher:
 
     module: nn.Module
     resolution: int | None = None
+    _macs: dict[tuple[int, ...], int] = field(default_factory=dict, repr=False)
 
     def before_step(self, archs: Sequence[Arch], images: Tensor, labels: Tensor, forward: FrozenForward) -> Tensor:
         self.module.eval()
@@ -100,6 +115,14 @@ class ExternalTeacher:
 
     def from_full(self, full_logits: Tensor, targets: Tensor | None) -> Tensor | None:
         return targets
+
+    def external_macs(self, images: Tensor) -> int:
+        """The frozen network's multiply-adds on `images`: measured once per input shape with hooks."""
+        side = images.shape[-1] if self.resolution is None else self.resolution
+        shape = (1, images.shape[1], side, side)
+        if shape not in self._macs:
+            self._macs[shape] = count_macs_by_hooks(self.module, shape)
+        return self._macs[shape] * images.shape[0]
 
 
 def teacher_stats(teacher: Teacher) -> dict[str, float]:

@@ -1,0 +1,73 @@
+"""Executed vs logged training cost per recipe: every conv2d and linear call counted as it runs.
+
+Each shipped Fashion-MNIST recipe trains a short schedule (`--steps` steps per epoch over its own number
+of epochs, so OFA's and DepS's phases all occur) under a torch function mode that adds up the
+multiply-adds of every convolution and linear layer (3x under autograd: forward + backward). It prints
+the logged `train_macs` (every kind of pass) against that, each kind's share, and what the gradient
+passes alone (the only passes counted before issue 10) amount to.
+
+    python benchmarks/training_cost.py [--steps 20] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from supernet.allocator import retain_freed_memory
+from supernet.training.config import load_config
+from supernet.training.loop import Trainer
+from supernet.training.metrics import PASS_KINDS
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+RECIPES = ["alphanet", "bignas_kl", "symmetric_kl", "nokd", "attentivenas", "bignas", "deps", "deps_alpha", "ennas",
+           "ofa", "compofa"]
+
+
+class ExecutedMacs(TorchFunctionMode):
+    """Multiply-adds of every conv2d and linear call: 3x under autograd (forward + backward), else 1x."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in (F.conv2d, F.linear):
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            factor = 3 if torch.is_grad_enabled() and weight.requires_grad else 1
+            self.total += factor * out.numel() * weight[0].numel()
+        return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=20, help="steps per epoch of every recipe")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    retain_freed_memory()
+    torch.set_num_threads(args.threads)
+    print(f"training cost, {args.steps} steps per epoch, batch 128, torch {torch.__version__}")
+    print(f"{'recipe':<14} {'steps':>5} {'logged TMACs':>12} {'executed':>9} {'logged/executed':>15} "
+          f"{'gradient only/executed':>22}  shares ({', '.join(PASS_KINDS)})")
+    for name in RECIPES:
+        config = load_config(CONFIGS / f"{name}.yaml", [f"train.max_steps_per_epoch={args.steps}",
+                                                         "train.eval_every_epochs=0"])
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = Trainer(config, Path(tmp) / "run", progress=False)
+            with ExecutedMacs() as executed:
+                trainer.run()
+        c = trainer.counters
+        shares = " / ".join(f"{c[f'{kind}_macs'] / c['train_macs']:.3f}" for kind in PASS_KINDS)
+        print(f"{name:<14} {trainer.global_step:5d} {c['train_macs'] / 1e12:12.4f} {executed.total / 1e12:9.4f} "
+              f"{c['train_macs'] / executed.total:15.4f} {c['gradient_macs'] / executed.total:22.3f}  {shares}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Training cost counts everything a recipe runs: every convolution and linear layer, measured as it runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from supernet.training.loop import Trainer
+from supernet.training.metrics import PASS_KINDS, read_metrics
+from training_helpers import quick_config, small_data
+
+RECIPES = ["alphanet.yaml", "bignas.yaml", "nokd.yaml", "attentivenas.yaml", "deps.yaml", "ennas.yaml", "ofa.yaml",
+           "compofa.yaml"]
+
+
+class ExecutedMacs(TorchFunctionMode):
+    """Multiply-adds of every conv2d and linear call: 3x under autograd (forward + backward), else 1x."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in (F.conv2d, F.linear):
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            per_output = weight[0].numel()  # in_channels / groups x kernel area, or in_features
+            factor = 3 if torch.is_grad_enabled() and weight.requires_grad else 1
+            self.total += factor * out.numel() * per_output
+        return out
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_logged_training_macs_match_what_ran(tmp_path, recipe: str) -> None:
+    overrides = ["train.eval_every_epochs=0"] + ([] if recipe in ("ofa.yaml", "compofa.yaml") else ["train.epochs=1"])
+    trainer = Trainer(quick_config(recipe, *overrides), tmp_path / "run", data=small_data(), progress=False)
+    with ExecutedMacs() as executed:
+        trainer.run()
+    logged = trainer.counters["train_macs"]
+    assert logged == pytest.approx(executed.total, rel=0.02), (recipe, logged, executed.total)
+    assert logged == sum(trainer.counters[f"{kind}_macs"] for kind in PASS_KINDS)
+    expected_kinds = {
+        "attentivenas.yaml": {"gradient", "scoring"},  # in-place teacher: the largest trains in the step
+        "ennas.yaml": {"gradient", "teacher", "preparation"},  # ensemble members; diversity estimation
+        "ofa.yaml": {"gradient", "teacher"},  # the frozen full network
+        "compofa.yaml": {"gradient", "teacher"},
+    }.get(recipe, {"gradient"})
+    assert {kind for kind in PASS_KINDS if trainer.counters[f"{kind}_macs"] > 0} == expected_kinds, recipe
+    last = [r for r in read_metrics(trainer.run_dir.root) if r["kind"] == "train"][-1]
+    assert last["train_macs"] <= logged and all(f"{kind}_macs" in last for kind in PASS_KINDS)
+    assert last["elapsed"] >= last["wall_time"] > 0 and last["gpu_hours"] == 0.0  # no GPU here
