@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,6 +59,18 @@ def copy_run(run: Path, where: Path, checkpoint: Callable[[dict], object] | byte
     return where
 
 
+def test_any_bytes_are_an_unreadable_checkpoint(tmp_path: Path) -> None:
+    """Random bytes fail inside torch's unpickler in many ways (IndexError, KeyError, ...): always one error."""
+    from supernet.training.checkpoint import RunDirError
+
+    path = tmp_path / "latest.pt"
+    for seed in range(200):
+        rng = random.Random(seed)
+        path.write_bytes(rng.randbytes(rng.randrange(1, 3000)))
+        with pytest.raises(RunDirError, match="cannot be read"):
+            load_checkpoint(path)
+
+
 def reshaped(state: dict) -> None:
     key = next(k for k, v in state["model"].items() if v.ndim == 4)
     state["model"][key] = torch.zeros(1, 1, 1, 1)
@@ -68,7 +81,7 @@ def broken_optimizer(state: dict) -> None:
 
 
 CHECKPOINT_CASES = {
-    "random bytes": (os.urandom(2000), "cannot be read"),
+    "random bytes": (random.Random(0).randbytes(2000), "cannot be read"),
     "foreign dict": (lambda state: {"weights": torch.zeros(3)}, "lacks config"),
     "reshaped tensor": (reshaped, "its weights do not fit its saved search space (shape"),
     "damaged optimizer": (broken_optimizer, "damaged training state"),
