@@ -37,6 +37,9 @@ def test_recipe_runs_and_its_loss_falls(tmp_path, recipe: str) -> None:
     trainer = train(tmp_path, recipe, *extra)
     records = [r for r in read_metrics(trainer.run_dir.root) if r["kind"] == "train"]
     assert len(records) == trainer.schedule.total_steps
+    if recipe in ("ofa.yaml", "compofa.yaml"):  # no full model once shrinking: its own phase must learn
+        assert all(r["loss"] is not None for r in records)
+        records = [r for r in records if r["phase"] == "full"]
     key = "loss" if recipe == "ennas.yaml" else "loss_full"
     losses = [r[key] for r in records]
     assert all(v is not None for v in losses)
@@ -197,3 +200,21 @@ def test_late_distillation_and_part_of_the_data_per_epoch(tmp_path, monkeypatch)
     assert len(calls) == 2 * trainer.steps_per_epoch - round(0.5 * trainer.steps_per_epoch)
     records = [r for r in read_metrics(trainer.run_dir.root) if r["kind"] == "train"]
     assert all("ensemble_separable_batches" in r for r in records)
+
+
+@pytest.mark.parametrize("recipe", ["ofa.yaml", "compofa.yaml"])
+def test_ofa_phases_train_only_their_samples(tmp_path, recipe: str) -> None:
+    """OFA's dynamic_batch_size: each step trains the phase's samples, not also the largest network."""
+    trainer = Trainer(quick_config(recipe, "train.eval_every_epochs=0"), tmp_path / "run", data=small_data(),
+                      progress=False)
+    images, labels = next(iter(trainer._loader(0, 0)))
+    seen = set()
+    for step in range(trainer.schedule.total_steps):
+        plan = trainer.schedule.plan(step)
+        if plan.phase in seen or not plan.shrinking:
+            continue
+        seen.add(plan.phase)
+        archs = trainer._archs(plan, images, labels, 0)
+        assert len(archs) == plan.num_random, plan.phase
+        assert all(plan.space.contains(a) for a in archs)
+    assert seen and "full" not in seen

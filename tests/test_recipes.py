@@ -26,7 +26,7 @@ COMPARISONS = {
     # sampling, teacher, loss and schedule; OFA-style phases carry their own epochs and warm-up.
     "deps table 2": (
         ["deps.yaml", "deps_alpha.yaml", "bignas.yaml", "ofa.yaml", "compofa.yaml"],
-        {"sampler", "teacher", "distill", "schedule", "train.epochs", "optim.warmup_epochs"},
+        {"sampler", "teacher", "distill", "schedule", "train.epochs", "optim.warmup_epochs", "kernel_transform"},
     ),
     "imagenet alphanet": (
         ["imagenet/alphanet.yaml", "imagenet/attentivenas.yaml", "imagenet/bignas.yaml"],
@@ -79,3 +79,8 @@ def test_deps_draws_the_full_model_and_k_minus_1_others_uniformly() -> None:
     drawn = [UniformSampler(3, include_largest=True).sample(ctx) for _ in range(300)]
     assert all(archs[0] == largest and largest not in archs[1:] and len(archs) == 4 for archs in drawn)
     assert len({a for archs in drawn for a in archs[1:]}) > 50  # still uniform over the rest
+
+
+def test_ofa_recipes_use_the_kernel_transform() -> None:
+    for recipe in ("ofa.yaml", "compofa.yaml", "imagenet/ofa.yaml"):
+        assert load_config(CONFIGS / recipe).kernel_transform, recipe

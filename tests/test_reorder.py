@@ -302,3 +302,30 @@ def test_channel_order_is_what_reorder_applies_and_permute_validates_its_input()
     permute_channels(net, {"stages.0.out": shuffled, "stem.out": shuffled})
     x = batch(net.space, None)
     assert_same(run(net, net.space.largest(), x), run(before, net.space.largest(), x))
+
+
+@pytest.mark.parametrize("name", ["fmnist", "mixed"])
+def test_a_later_resort_keeps_every_trained_subnet(name: str) -> None:
+    """OFA's width phase re-sorts after expand ratios were trained: within the trained ratios' nested
+    groups, so a trained network with the smallest ratio (and any other) computes what it did."""
+    net = build(name).eval()
+    space = net.space
+    trained = space.restrict(width=1)  # every kernel, depth and expand ratio, at the largest widths
+    before = copy.deepcopy(net)
+    smallest_ratio = dataclasses.replace(
+        trained.largest(), expand_ratios=tuple((min(s.expand_ratios),) * d for s, d in zip(space.stages,
+                                                                                       trained.largest().depths))
+    )
+    archs = [smallest_ratio] + [trained.sample(random.Random(seed)) for seed in range(4)]
+    # what the width phase did before (a sort over all expanded channels) changes the smallest ratio
+    flat = copy.deepcopy(net)
+    reorder_channels(flat, expand=True, width=True)
+    x = batch(space, smallest_ratio.resolution, n=2, seed=1)
+    with torch.no_grad():
+        assert (run(flat, smallest_ratio, x) - run(before, smallest_ratio, x)).abs().max() > 1e-3
+    perms = reorder_channels(net, expand=True, width=True, trained=trained)
+    assert any(not is_identity(p) for k, p in perms.items() if k.endswith(".mid"))  # it still sorts
+    for arch in archs:
+        x = batch(space, arch.resolution, n=2, seed=2)
+        with torch.no_grad():
+            assert_same(run(net, arch, x), run(before, arch, x))

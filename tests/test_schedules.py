@@ -76,7 +76,18 @@ def test_ofa_phases_happen_in_order_with_growing_spaces() -> None:
     assert all(st.depths == space.stages[i].depths[-2:] for i, st in enumerate(depth_1.space.stages))
     reorders = [name for name, plan in seen if plan.reorder_channels]
     assert reorders == ["expand_1", "width"]
-    assert kernel.lr == pytest.approx(0.06)  # each phase restarts its own cosine at its own peak
+    # each phase restarts its own cosine at its own peak, scaled with the global batch as optim.lr is,
+    # after its own warm-up (OFA: 5 of 120 epochs in the kernel and phase-2 steps, none in phase 1)
+    start = {name: plan for name, plan in seen}
+    scale = 128 / config.optim.lr_reference_batch
+    phases = {p.name: p for p in config.schedule.phases}
+    kernel_warmup = round(phases["kernel"].warmup_epochs * 20)
+    kernel_start = next(s for s in range(sched.total_steps) if sched.plan(s).phase == "kernel")
+    assert kernel_warmup >= 0 and kernel.lr == pytest.approx(phases["kernel"].lr * scale * (0.01 if kernel_warmup else 1))
+    assert sched.plan(kernel_start + kernel_warmup).lr == pytest.approx(phases["kernel"].lr * scale)
+    assert start["depth_1"].lr == pytest.approx(phases["depth_1"].lr * scale)  # no warm-up in phase 1
+    assert phases["depth_1"].lr == pytest.approx(phases["kernel"].lr / 12, rel=0.01)  # OFA's ratios
+    assert phases["depth_2"].lr == pytest.approx(phases["kernel"].lr / 4, rel=0.01)
     assert sched.total_steps == sum(max(1, round(p.epochs * 20)) for p in config.schedule.phases)
 
 

@@ -164,8 +164,12 @@ class PhaseConfig(_Section):
 
     name: str
     epochs: float = Field(gt=0)
-    lr: float | None = Field(None, gt=0, description="peak lr of the phase (default: optim.lr)")
-    num_random: int = Field(1, ge=0, description="sampled sub-networks per step besides the largest")
+    lr: float | None = Field(None, gt=0, description="peak lr of the phase per optim.lr_reference_batch images, "
+                             "scaled with the global batch like optim.lr (default: optim.lr)")
+    warmup_epochs: float | None = Field(None, ge=0, description="linear warm-up at the phase's start "
+                                        "(default: optim.warmup_epochs)")
+    num_random: int = Field(1, ge=0, description="sampled sub-networks per step (OFA's dynamic_batch_size); "
+                            "0: the full model alone")
     kernel: int | Literal["all"] = Field(1, description="how many of the largest kernel choices are elastic")
     depth: int | Literal["all"] = 1
     expand: int | Literal["all"] = 1

@@ -59,6 +59,7 @@ from supernet.training.config import (
 )
 from supernet.training.diversity import DiversitySampler, estimation_macs
 from supernet.training.metrics import PASS_KINDS, MetricsLog
+from supernet.training.reorder import reorder_channels
 from supernet.training.samplers import (
     AttentiveSampler,
     CompoundSampler,
@@ -474,9 +475,9 @@ class Trainer:
         if not plan.shrinking:
             return [largest]
         ctx = SampleContext(plan.space, self.rng, self.num_classes, self._score(images, labels), epoch, self.global_step)
-        if plan.num_random is not None:  # OFA phase: the largest plus the phase's own number of samples
+        if plan.num_random is not None:  # OFA phase: the phase's own number of samples (dynamic_batch_size)
             draw = sample_compound if plan.compound else SearchSpace.sample
-            return [largest] + [draw(plan.space, self.rng) for _ in range(plan.num_random)]
+            return [draw(plan.space, self.rng) for _ in range(plan.num_random)]
         archs = self.sampler.sample(ctx)
         if self.config.schedule.name == "delayed_eps" and archs[0] != largest:
             archs = [largest, *archs]  # DepS: the full model is always sampled while shrinking
@@ -499,10 +500,12 @@ class Trainer:
         losses: list[float] = []
         student_losses: list[float] = []
         for i, arch in enumerate(archs):
-            is_full = i == 0 and arch == largest
+            # the full model of in-place recipes trains on labels; OFA phases have none, every sample distils
+            is_full = i == 0 and arch == largest and plan.num_random is None
             synced = i == len(archs) - 1  # DDP all-reduces the accumulated gradients once, after the last
             with contextlib.nullcontext() if self.ddp is None or synced else self.ddp.no_sync():
-                logits = self._forward(arch, images, regularise=is_full).float()
+                # dropout: on the full model of in-place recipes; on every sample in OFA phases (OFA's net)
+                logits = self._forward(arch, images, regularise=is_full or plan.num_random is not None).float()
                 ce = F.cross_entropy(logits, labels, label_smoothing=cfg.optim.label_smoothing)
                 if is_full:
                     loss, scale = ce, 1.0
@@ -665,10 +668,10 @@ class Trainer:
         if plan.shrinking and hasattr(self.sampler, "prepare"):
             self._prepare_sampler(self.global_step // self.steps_per_epoch)
         if plan.reorder_channels:
-            from supernet.training.reorder import reorder_channels
-
             width = any(len(st.widths) > 1 for st in plan.space.stages)  # width phase: stage outputs too
-            reorder_channels(self.net, self.optimizer, expand=True, width=width)
+            # sort within what earlier phases trained, so none of their sub-networks changes function
+            trained = self.schedule.plan(self.global_step - 1).space if self.global_step > 0 else None
+            reorder_channels(self.net, self.optimizer, expand=True, width=width, trained=trained)
         if (plan.shrinking and self.config.teacher.name == "external" and self.config.teacher.checkpoint == "snapshot"
                 and self.snapshot is None):
             self._take_snapshot()

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from supernet.model import Supernet
+from supernet.space import SearchSpace, block_mid_channels, se_width
 from supernet.nn.dynamic_blocks import DynamicConvBnAct, DynamicHead, DynamicMBConv
 
 # One step of a re-ordering: permute `tensor` along `dim` by `perm`.
@@ -32,18 +33,28 @@ def reorder_channels(
     *,
     expand: bool = True,
     width: bool = False,
+    trained: SearchSpace | None = None,
 ) -> dict[str, Tensor]:
     """Sort channels by importance, most important first, in place; returns the permutations applied.
 
     `channel_order` says which channels are sorted and how; `permute_channels` how they move.
     """
-    perms = channel_order(net, expand=expand, width=width)
+    perms = channel_order(net, expand=expand, width=width, trained=trained)
     permute_channels(net, perms, optimizer)
     return perms
 
 
-def channel_order(net: Supernet, *, expand: bool = True, width: bool = False) -> dict[str, Tensor]:
+def channel_order(
+    net: Supernet, *, expand: bool = True, width: bool = False, trained: SearchSpace | None = None
+) -> dict[str, Tensor]:
     """The permutations that sort channels by L1 importance, descending (ties keep their order).
+
+    trained: the space the earlier phases trained (OFA: the previous phase's). Its expand ratios cut
+        each block's expanded channels (and squeeze-excite bottleneck) into nested groups, the first
+        channels a smaller trained ratio uses, then the next ratio's additional ones, and so on;
+        channels are sorted within each group only, so every trained sub-network keeps its function
+        (a trained ratio still sees the same set of channels). Without it (or with only the largest
+        ratio trained) the whole block is sorted, as OFA does when expand ratios first become elastic.
 
     expand: in every block whose expand-ratio choices exclude 1, the expanded (depthwise) channels
         by the L1 norm of the project conv's input columns, and the squeeze-excite bottleneck by
@@ -63,12 +74,16 @@ def channel_order(net: Supernet, *, expand: bool = True, width: bool = False) ->
         for s, stage in enumerate(net.stages):
             if _has_ratio_one(net, s):
                 continue
+            ratios = [max(net.space.stages[s].expand_ratios)] if trained is None else trained.stages[s].expand_ratios
             for b, block in enumerate(stage):
-                perms[f"stages.{s}.{b}.mid"] = _order(_importance(block.project.weight, 1))
+                c_in = block.expand_conv.weight.shape[1]  # blocks of stages without ratio 1 all expand
+                mids = sorted({block_mid_channels(c_in, r) for r in ratios})
+                perms[f"stages.{s}.{b}.mid"] = _order(_importance(block.project.weight, 1), mids)
                 if block.se is not None:
                     # The mid permutation moves only the rows of the SE expand conv, so this is
                     # also the importance of the bottleneck channels once it is applied.
-                    perms[f"stages.{s}.{b}.se"] = _order(_importance(block.se.expand.weight, 1))
+                    squeezes = sorted({se_width(m) for m in mids})
+                    perms[f"stages.{s}.{b}.se"] = _order(_importance(block.se.expand.weight, 1), squeezes)
     if width:
         spaces = _space_names(net)
         group = _groups(net)
@@ -112,8 +127,19 @@ def _importance(weight: Tensor, dim: int) -> Tensor:
     return w.sum([d for d in range(w.dim()) if d != dim])
 
 
-def _order(importance: Tensor) -> Tensor:
-    return torch.sort(importance, descending=True, stable=True).indices
+def _order(importance: Tensor, groups: list[int] | None = None) -> Tensor:
+    """Indices sorting `importance` descending within each nested group [0, g1), [g1, g2), ...
+
+    `groups` are the group ends (the last is the number of channels; ends beyond it are ignored).
+    """
+    n = len(importance)
+    ends = sorted({min(g, n) for g in groups or []} | {n})
+    parts, start = [], 0
+    for end in ends:
+        if end > start:
+            parts.append(start + torch.sort(importance[start:end], descending=True, stable=True).indices)
+            start = end
+    return torch.cat(parts)
 
 
 def _has_ratio_one(net: Supernet, stage: int) -> bool:

@@ -104,10 +104,11 @@ class Schedule:
             resolution=n(phase.resolution),
         )
 
-    def _lr(self, step: int, total: int, peak: float) -> float:
+    def _lr(self, step: int, total: int, peak: float, warmup: int | None = None) -> float:
         o = self.config.optim
         decay = linear_lr if o.lr_schedule == "linear" else cosine_lr
-        return decay(step, total, peak, self.warmup_steps, o.warmup_start_factor, o.min_lr_factor)
+        warmup = self.warmup_steps if warmup is None else warmup
+        return decay(step, total, peak, warmup, o.warmup_start_factor, o.min_lr_factor)
 
     def plan(self, step: int) -> StepPlan:
         """The plan of global step `step` (0-based); distillation waits for `distill.start_epoch`."""
@@ -121,12 +122,15 @@ class Schedule:
         if isinstance(sched, ProgressiveConfig):
             phase = next((p for p in reversed(self.phases) if step >= p.start), self.phases[0])
             local = step - phase.start
-            peak = self.peak_lr if phase.config.lr is None else phase.config.lr
+            # OFA: each phase its own cosine (and warm-up) at its own peak, scaled with the global batch
+            scale = self.peak_lr / self.config.optim.lr
+            peak = self.peak_lr if phase.config.lr is None else phase.config.lr * scale
+            warmup = None if phase.config.warmup_epochs is None else round(phase.config.warmup_epochs * self.steps_per_epoch)
             full_only = phase.config.num_random == 0
             return StepPlan(
                 phase=phase.config.name,
                 space=phase.space,
-                lr=self._lr(local, phase.steps, peak),
+                lr=self._lr(local, phase.steps, peak, warmup),
                 shrinking=not full_only,
                 sub_scale=1.0,
                 distill=not full_only,
