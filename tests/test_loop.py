@@ -218,3 +218,24 @@ def test_ofa_phases_train_only_their_samples(tmp_path, recipe: str) -> None:
         assert len(archs) == plan.num_random, plan.phase
         assert all(plan.space.contains(a) for a in archs)
     assert seen and "full" not in seen
+
+
+def test_rmsprop_trains_and_resumes_bit_exactly(tmp_path) -> None:
+    """BigNAS as DepS's ImageNet table runs it: RMSProp (an optimizer option), resumable like SGD."""
+    data = small_data()
+    overrides = ["optim.name=rmsprop", "optim.lr=0.01", "train.epochs=1", "train.eval_every_epochs=0"]
+    straight = Trainer(quick_config("bignas.yaml", *overrides), tmp_path / "a", data=data, progress=False)
+    assert isinstance(straight.optimizer, torch.optim.RMSprop)
+    group = straight.optimizer.param_groups[0]
+    assert (group["alpha"], group["eps"], group["momentum"]) == (0.9, 1e-3, 0.9)
+    straight.run()
+    first = Trainer(quick_config("bignas.yaml", *overrides), tmp_path / "b", data=data, progress=False)
+    first.run(until_step=3)
+    resumed = Trainer(None, tmp_path / "b", resume=True, data=data, progress=False)
+    resumed.run()
+    a, b = straight.net.state_dict(), resumed.net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    oa, ob = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert all(torch.equal(oa[k]["square_avg"], ob[k]["square_avg"]) for k in oa)
+    losses = [r["loss_full"] for r in read_metrics(tmp_path / "a") if r["kind"] == "train"]
+    assert mean(losses[-3:]) < mean(losses[:3])

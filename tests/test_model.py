@@ -144,3 +144,22 @@ def test_ofa_blocks_without_shortcut_keep_signal() -> None:
     net.set_active(space.smallest())
     out = net(torch.randn(2, 3, 64, 64))
     assert out.std() > 0
+
+
+def test_relu6_space_builds_and_extracts_exactly() -> None:
+    """ReLU6 (MobileNetV2 / ProxylessNAS, DepS's second space) works in every position of a space."""
+    from supernet.space import SearchSpace
+
+    space = SearchSpace.from_dict({
+        "stem": {"widths": [8], "activation": "relu6"},
+        "stages": [{"widths": [8, 16], "depths": [1, 2], "kernels": [3, 5], "expand_ratios": [3, 6], "stride": 2,
+                    "activation": "relu6", "shortcut": "identity"}],
+        "head": {"widths": [32], "activation": "relu6"}, "resolutions": [16],
+    })
+    net = randomise_bn(Supernet(space, num_classes=10), 0).eval()
+    arch = space.sample(random.Random(0))
+    x = 4 * torch.randn(2, 3, 16, 16)
+    net.set_active(arch)
+    with torch.no_grad():
+        assert torch.equal(net.extract(arch).eval()(x), net(x))
+    assert any(isinstance(m, nn.ReLU6) for m in net.modules())

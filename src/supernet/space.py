@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Activation = Literal["relu", "swish", "h_swish"]
+Activation = Literal["relu", "relu6", "swish", "h_swish"]
 
 
 class SpaceError(ValueError):

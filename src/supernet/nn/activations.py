@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from torch import nn
 
-_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "swish": nn.SiLU, "h_swish": nn.Hardswish}
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "relu6": nn.ReLU6,  # MobileNetV2 and ProxylessNAS (DepS's second space)
+    "swish": nn.SiLU,
+    "h_swish": nn.Hardswish,
+}
 
 
 def make_activation(name: str) -> nn.Module:
-    """A fresh activation module: relu, swish (SiLU) or h_swish (Hardswish)."""
+    """A fresh activation module: relu, relu6, swish (SiLU) or h_swish (Hardswish)."""
     try:
         return _ACTIVATIONS[name]()
     except KeyError:

@@ -56,8 +56,14 @@ class GradClipConfig(_Section):
 
 
 class OptimConfig(_Section):
-    """SGD with Nesterov momentum and a cosine schedule with linear warm-up."""
+    """SGD with Nesterov momentum (or RMSProp) and a cosine or linear schedule with linear warm-up."""
 
+    name: Literal["sgd", "rmsprop"] = Field(
+        "sgd", description="sgd (momentum, nesterov) or rmsprop (BigNAS as DepS's ImageNet table trains it)"
+    )
+    rmsprop_alpha: float = Field(0.9, gt=0, lt=1, description="rmsprop: decay of the squared-gradient average")
+    rmsprop_eps: float = Field(1e-3, gt=0, description="rmsprop: added to the root mean square (torch places it "
+                               "outside the square root, TensorFlow inside)")
     lr: float = Field(0.1, gt=0, description="learning rate per `lr_reference_batch` images")
     lr_reference_batch: int = Field(256, gt=0, description="the lr is scaled by global batch / this")
     momentum: float = Field(0.9, ge=0, lt=1)

@@ -164,6 +164,15 @@ def param_groups(net: nn.Module, weight_decay: float, decay_bn_and_bias: bool) -
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def build_optimizer(net: nn.Module, config: Config) -> torch.optim.Optimizer:
+    """The optimizer a config names, over `param_groups` (no weight decay on BN parameters and biases)."""
+    o = config.optim
+    groups = param_groups(net, o.weight_decay, o.decay_bn_and_bias)
+    if o.name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=o.lr, alpha=o.rmsprop_alpha, eps=o.rmsprop_eps, momentum=o.momentum)
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
+
+
 class Trainer:
     """Trains a supernet for one config into one run directory, resumable bit-exactly on CPU.
 
@@ -239,10 +248,7 @@ class Trainer:
             for m in self.net.modules():
                 if isinstance(m, DynamicBatchNorm2d):
                     m.synchronized = True
-        self.optimizer = torch.optim.SGD(
-            param_groups(self.net, config.optim.weight_decay, config.optim.decay_bn_and_bias),
-            lr=config.optim.lr, momentum=config.optim.momentum, nesterov=config.optim.nesterov,
-        )
+        self.optimizer = build_optimizer(self.net, config)
         global_batch = config.data.batch_size * self.dist.world_size
         if len(self.data.train) < global_batch:
             raise DatasetError(
