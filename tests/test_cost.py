@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from supernet import Supernet, spaces
+from supernet import Arch, SearchSpace, Supernet, spaces
 from supernet.cost import conv_out_size, cost, count_macs_by_hooks, count_params, macs, params
 
 # AlphaNet / AttentiveNAS published models and their reported MFLOPs (multiply-adds), 1000 classes.
@@ -103,3 +103,25 @@ def test_in_channels_override() -> None:
 def test_conv_out_size_is_ceil_for_odd_kernels() -> None:
     assert [conv_out_size(s, 3, 2) for s in (7, 8, 28, 29)] == [4, 4, 14, 15]
     assert conv_out_size(28, 5, 1) == 28
+
+
+def test_proxyless_gpu_space_reproduces_the_published_proxylessnas_gpu_network() -> None:
+    """ProxylessNAS-GPU (Cai et al., ICLR 2019): 465 M MACs and 7.1 M parameters at 224 px, 1000 classes.
+
+    Its stages hold one block where the preset (OFA's choices) starts at two, so it is checked on the
+    preset's own layers with depth 1 allowed; the skipped (zero) blocks of the published net cost nothing.
+    """
+    space = spaces.get("proxyless_gpu")
+    d = space.to_dict()
+    for st in d["stages"][1:6]:
+        st["depths"] = [1, 2, 3, 4]
+    wider = SearchSpace.from_dict(d)
+    gpu = Arch(resolution=224, stem_width=40, widths=(24, 32, 56, 112, 128, 256, 432), depths=(1, 1, 2, 2, 3, 4, 1),
+               kernels=((3,), (5,), (7, 3), (7, 5), (5, 3, 5), (7, 7, 7, 5), (7,)),
+               expand_ratios=((1,), (3,), (3, 3), (6, 3), (6, 3, 3), (6, 6, 6, 6), (6,)), head_width=1728)
+    c = cost(wider, wider.validate(gpu), 1000)
+    assert c.macs == pytest.approx(465e6, rel=0.01) and c.params == pytest.approx(7.1e6, rel=0.01)
+    # the analytic count is what the network computes: hooks on the extracted module agree exactly
+    net = Supernet(wider, 1000)
+    assert count_macs_by_hooks(net.extract(gpu), (1, 3, 224, 224)) == c.macs
+    assert count_params(net.extract(gpu)) == c.params

@@ -301,3 +301,15 @@ def test_load_rejects_what_is_not_a_table(tmp_path):
         LatencyTable.load(other)
     with pytest.raises(LatencyError, match="No such file"):
         LatencyTable.load(tmp_path / "missing.json")
+
+
+def test_pool_head_spaces_have_their_own_layer_kind() -> None:
+    """The MobileNetV2 / ProxylessNAS head (no mix conv) is a layer of its own in latency tables."""
+    from supernet.search.latency import PoolHeadLayer, arch_layers, space_layers
+
+    space = spaces.get("proxyless_gpu")
+    layers = arch_layers(space, space.smallest(), 1000)
+    assert isinstance(layers[-1], PoolHeadLayer) and layers[-1].key.startswith("pool_head(")
+    assert layers[-1] in space_layers(space, 1000)
+    head = layers[-1].module().eval()
+    assert head(torch.randn(1, layers[-1].in_c, 4, 4)).shape == (1, 1000) and head.mix is None

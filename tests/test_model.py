@@ -14,7 +14,7 @@ from supernet.nn.static import build_static
 from supernet.space import ArchError
 
 # Extraction is resolution-agnostic; large spaces run at a smaller input to keep the suite fast.
-INPUT_SIDE = {"fmnist": None, "ofa_mbv3": 64, "alphanet": 64}
+INPUT_SIDE = {"fmnist": None, "ofa_mbv3": 64, "alphanet": 64, "proxyless_gpu": 64}
 
 
 def randomise(net: nn.Module, seed: int = 0) -> None:

@@ -39,7 +39,7 @@ def tiny_space_dict() -> dict:
 
 
 def test_presets_are_listed_and_load() -> None:
-    assert PRESETS == ["alphanet", "fmnist", "ofa_mbv3"]
+    assert PRESETS == ["alphanet", "fmnist", "ofa_mbv3", "proxyless_gpu"]
     for name in PRESETS:
         assert spaces.get(name).name == name
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from supernet.space import Arch, SearchSpace, StageSpec, block_mid_channels, expanded_width, se_width
+from supernet.space import Arch, SearchSpace, StageSpec, block_mid_channels, head_mid_channels, se_width
 
 
 def conv_out_size(size: int, kernel: int, stride: int) -> int:
@@ -67,9 +67,13 @@ def cost(space: SearchSpace, arch: Arch, num_classes: int, in_channels: int | No
             macs += block_macs
             params += block_params
             c = width
-    mid = expanded_width(c, spec.head.expand_ratio)
-    macs += c * mid * size * size + mid * arch.head_width + arch.head_width * num_classes
-    params += c * mid + 2 * mid + mid * arch.head_width + arch.head_width * num_classes + num_classes
+    head = spec.head
+    mid = head_mid_channels(head.mix, head.expand_ratio, c, arch.head_width)
+    macs += c * mid * size * size + arch.head_width * num_classes
+    params += c * mid + 2 * mid + arch.head_width * num_classes + num_classes
+    if head.mix:  # the MobileNetV3 head's 1x1 conv after pooling
+        macs += mid * arch.head_width
+        params += mid * arch.head_width
     return Cost(macs=macs, params=params)
 
 

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from supernet.nn.dynamic_blocks import DynamicConvBnAct, DynamicHead, DynamicMBConv
 from supernet.nn.static import StaticNet, build_static
-from supernet.space import Arch, SearchSpace, expanded_width
+from supernet.space import Arch, SearchSpace, expanded_width, head_mid_channels
 
 
 class Supernet(nn.Module):
@@ -61,6 +61,7 @@ class Supernet(nn.Module):
             max(spec.head.widths),
             num_classes,
             spec.head.activation,
+            mix=spec.head.mix,
         )
         self.dropout_rate = 0.0
         self.drop_connect_rate = 0.0
@@ -109,7 +110,8 @@ class Supernet(nn.Module):
                 rate = self.drop_connect_rate * index / total
                 x = stage[b](x, rate, self.noise_generator)
                 index += 1
-        mid = expanded_width(x.shape[1], self.space.spec.head.expand_ratio)
+        head = self.space.spec.head
+        mid = head_mid_channels(head.mix, head.expand_ratio, x.shape[1], arch.head_width)
         return self.head(x, mid, arch.head_width, self.dropout_rate, self.noise_generator)
 
     @torch.no_grad()

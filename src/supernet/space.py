@@ -36,6 +36,11 @@ def expanded_width(in_channels: int, expand_ratio: float) -> int:
     return make_divisible(round(in_channels * expand_ratio), 8)
 
 
+def head_mid_channels(mix: bool, expand_ratio: float, in_channels: int, width: int) -> int:
+    """Channels of the head's expand conv: ratio x input (MobileNetV3 head), or the head width (no mix conv)."""
+    return expanded_width(in_channels, expand_ratio) if mix else width
+
+
 def block_mid_channels(in_channels: int, expand_ratio: float) -> int:
     """Channels of a block's depthwise layer: the input's when the ratio is 1 (no expansion conv)."""
     return in_channels if expand_ratio == 1 else expanded_width(in_channels, expand_ratio)
@@ -119,11 +124,16 @@ class StageSpec(_Spec):
 
 
 class HeadSpec(_Spec):
-    """Head: 1x1 expand conv (BN + act), global pool, 1x1 conv (act, no BN), linear classifier."""
+    """Head: 1x1 expand conv (BN + act), global pool, 1x1 conv (act, no BN), linear classifier.
+
+    With `mix: false` it is the MobileNetV2 / ProxylessNAS head instead: a 1x1 conv (BN + act) to one of
+    `widths` channels, global pool, linear classifier (`expand_ratio` unused).
+    """
 
     expand_ratio: float = 6.0
     widths: list[int]
     activation: Activation = "swish"
+    mix: bool = True
 
     @field_validator("widths")
     @classmethod
@@ -527,9 +537,12 @@ class SearchSpace:
                 f"expand {fmt(st.expand_ratios)} s{st.stride}{' SE' if st.se else ''} {st.activation}"
             )
         head = self.spec.head
-        lines.append(
-            f"  head       expand x{_number(head.expand_ratio)}, last conv {fmt(head.widths)} {head.activation}"
-        )
+        if head.mix:
+            lines.append(
+                f"  head       expand x{_number(head.expand_ratio)}, last conv {fmt(head.widths)} {head.activation}"
+            )
+        else:
+            lines.append(f"  head       1x1 conv {fmt(head.widths)} {head.activation}, pool, classifier")
         lines.append(f"  sub-networks  {self.size():.4g}")
         for label, arch in (("smallest", self.smallest()), ("largest", self.largest())):
             lines.append(

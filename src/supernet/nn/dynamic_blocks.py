@@ -125,20 +125,26 @@ class DynamicMBConv(nn.Module):
 
 
 class DynamicHead(nn.Module):
-    """Head with elastic input width, expand width (ratio x input) and last-conv width."""
+    """Head with elastic input width, expand width (ratio x input) and last-conv width.
 
-    def __init__(self, max_in: int, max_mid: int, max_width: int, num_classes: int, activation: str):
+    Without `mix` (MobileNetV2 / ProxylessNAS head) the expand conv's elastic width is the head width and
+    the pooled features go straight to the classifier.
+    """
+
+    def __init__(self, max_in: int, max_mid: int, max_width: int, num_classes: int, activation: str,
+                 mix: bool = True):
         super().__init__()
-        self.expand = DynamicConvBnAct(max_in, max_mid, 1, 1, activation)
-        self.mix = DynamicConv2d(max_mid, max_width, 1)
-        self.mix_act = make_activation(activation)
+        self.expand = DynamicConvBnAct(max_in, max_mid if mix else max_width, 1, 1, activation)
+        self.mix = DynamicConv2d(max_mid, max_width, 1) if mix else None
+        self.mix_act = make_activation(activation) if mix else None
         self.classifier = DynamicLinear(max_width, num_classes)
 
     def forward(
         self, x: Tensor, mid: int, width: int, dropout: float = 0.0, generator: torch.Generator | None = None
     ) -> Tensor:
-        x = self.expand(x, mid)
-        x = self.mix_act(self.mix(x.mean((2, 3), keepdim=True), width))
+        x = self.expand(x, mid).mean((2, 3), keepdim=True)
+        if self.mix is not None:
+            x = self.mix_act(self.mix(x, width))
         x = torch.flatten(x, 1)
         if dropout > 0.0 and self.training:
             keep = 1.0 - dropout
@@ -148,5 +154,6 @@ class DynamicHead(nn.Module):
     def copy_to(self, head: Head) -> None:
         """Copy the active slices into a static Head."""
         self.expand.copy_to(head.expand)
-        self.mix.copy_to(head.mix)
+        if self.mix is not None:
+            self.mix.copy_to(head.mix)
         self.classifier.copy_to(head.classifier)

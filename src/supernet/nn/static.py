@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from supernet.nn.activations import make_activation
-from supernet.space import Arch, SearchSpace, block_mid_channels, expanded_width, se_width
+from supernet.space import Arch, SearchSpace, block_mid_channels, head_mid_channels, se_width
 
 
 def conv_bn_act(in_c: int, out_c: int, kernel: int, stride: int, activation: str | None, groups: int = 1) -> nn.Sequential:
@@ -90,19 +90,28 @@ class MBConv(nn.Module):
 
 
 class Head(nn.Module):
-    """1x1 expand conv (BN + act), global average pool, 1x1 conv (act, no BN), dropout, linear."""
+    """1x1 expand conv (BN + act), global average pool, 1x1 conv (act, no BN), dropout, linear.
 
-    def __init__(self, in_c: int, mid_c: int, width: int, num_classes: int, activation: str, dropout: float = 0.0):
+    Without `mix` (MobileNetV2 / ProxylessNAS) the expand conv goes to `width` channels and the pooled
+    features feed the classifier directly; `mid_c` must then equal `width`.
+    """
+
+    def __init__(self, in_c: int, mid_c: int, width: int, num_classes: int, activation: str, dropout: float = 0.0,
+                 mix: bool = True):
         super().__init__()
+        if not mix and mid_c != width:
+            raise ValueError(f"a head without the mix conv expands to its width: mid_c {mid_c} != width {width}")
         self.expand = conv_bn_act(in_c, mid_c, 1, 1, activation)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.mix = nn.Conv2d(mid_c, width, 1, bias=False)
-        self.mix_act = make_activation(activation)
+        self.mix = nn.Conv2d(mid_c, width, 1, bias=False) if mix else None
+        self.mix_act = make_activation(activation) if mix else None
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(width, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.mix_act(self.mix(self.pool(self.expand(x))))
+        x = self.pool(self.expand(x))
+        if self.mix is not None:
+            x = self.mix_act(self.mix(x))
         return self.classifier(self.dropout(torch.flatten(x, 1)))
 
 
@@ -143,5 +152,6 @@ def build_static(
             )
             c = arch.widths[s]
     head_spec = space.spec.head
-    head = Head(c, expanded_width(c, head_spec.expand_ratio), arch.head_width, num_classes, head_spec.activation, dropout)
+    mid = head_mid_channels(head_spec.mix, head_spec.expand_ratio, c, arch.head_width)
+    head = Head(c, mid, arch.head_width, num_classes, head_spec.activation, dropout, mix=head_spec.mix)
     return StaticNet(stem, blocks, head)

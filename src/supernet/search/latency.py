@@ -47,7 +47,7 @@ from supernet.fileio import atomic_write_text
 from supernet.nn.static import Head, MBConv, build_static, conv_bn_act
 from supernet.onnx_bytes import onnx_bytes
 from supernet.search.predictor import kendall_tau
-from supernet.space import Arch, SearchSpace, expanded_width
+from supernet.space import Arch, HeadSpec, SearchSpace, expanded_width
 
 Backend = Literal["torch", "onnxruntime"]
 BACKENDS = ("torch", "onnxruntime")
@@ -285,7 +285,29 @@ class HeadLayer(_LayerKey):
         return Head(self.in_c, self.mid, self.width, self.num_classes, self.activation)
 
 
-Layer = StemLayer | BlockLayer | HeadLayer
+@dataclass(frozen=True)
+class PoolHeadLayer(_LayerKey):
+    """The MobileNetV2 / ProxylessNAS head (expand conv to `width`, pool, classifier) on a `side` x `side` input."""
+
+    in_c: int
+    width: int
+    num_classes: int
+    activation: str
+    side: int
+    kind = "pool_head"
+
+    def module(self) -> nn.Module:
+        """A freshly initialised layer of this shape."""
+        return Head(self.in_c, self.width, self.width, self.num_classes, self.activation, mix=False)
+
+
+Layer = StemLayer | BlockLayer | HeadLayer | PoolHeadLayer
+
+
+def _head_layer(head: HeadSpec, c: int, width: int, num_classes: int, side: int) -> HeadLayer | PoolHeadLayer:
+    if not head.mix:
+        return PoolHeadLayer(c, width, num_classes, head.activation, side)
+    return HeadLayer(c, expanded_width(c, head.expand_ratio), width, num_classes, head.activation, side)
 
 
 def arch_layers(
@@ -311,12 +333,7 @@ def arch_layers(
                 BlockLayer(c, arch.widths[s], kernel, ratio, stride, st.se, st.activation, st.shortcut, side)
             )
             c, side = arch.widths[s], conv_out_size(side, kernel, stride)
-    head = spec.head
-    layers.append(
-        HeadLayer(
-            c, expanded_width(c, head.expand_ratio), arch.head_width, num_classes, head.activation, side
-        )
-    )
+    layers.append(_head_layer(spec.head, c, arch.head_width, num_classes, side))
     return layers
 
 
@@ -350,8 +367,7 @@ def space_layers(space: SearchSpace, num_classes: int, in_channels: int | None =
                         layers.add(BlockLayer(w, w, k, e, 1, st.se, st.activation, st.shortcut, side))
     for c, side in states:
         for w in spec.head.widths:
-            mid = expanded_width(c, spec.head.expand_ratio)
-            layers.add(HeadLayer(c, mid, w, num_classes, spec.head.activation, side))
+            layers.add(_head_layer(spec.head, c, w, num_classes, side))
     return layers
 
 

@@ -1,4 +1,4 @@
-"""Preset search spaces shipped with the package (`alphanet`, `ofa_mbv3`, `fmnist`)."""
+"""Preset search spaces shipped with the package (`alphanet`, `ofa_mbv3`, `proxyless_gpu`, `fmnist`)."""
 
 from __future__ import annotations
 
