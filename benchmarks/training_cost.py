@@ -16,10 +16,9 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 from supernet.allocator import retain_freed_memory
+from supernet.cost import ExecutedMacs
 from supernet.training.config import load_config
 from supernet.training.loop import Trainer
 from supernet.training.metrics import PASS_KINDS
@@ -27,23 +26,6 @@ from supernet.training.metrics import PASS_KINDS
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = ["alphanet", "bignas_kl", "symmetric_kl", "nokd", "attentivenas", "bignas", "deps", "deps_alpha", "ennas",
            "ofa", "compofa"]
-
-
-class ExecutedMacs(TorchFunctionMode):
-    """Multiply-adds of every conv2d and linear call: 3x under autograd (forward + backward), else 1x."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if func in (F.conv2d, F.linear):
-            weight = args[1] if len(args) > 1 else kwargs["weight"]
-            factor = 3 if torch.is_grad_enabled() and weight.requires_grad else 1
-            self.total += factor * out.numel() * weight[0].numel()
-        return out
 
 
 def main() -> None:

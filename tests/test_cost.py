@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
 from supernet import Arch, SearchSpace, Supernet, spaces
 from supernet.cost import conv_out_size, cost, count_macs_by_hooks, count_params, macs, params
@@ -125,3 +126,18 @@ def test_proxyless_gpu_space_reproduces_the_published_proxylessnas_gpu_network()
     net = Supernet(wider, 1000)
     assert count_macs_by_hooks(net.extract(gpu), (1, 3, 224, 224)) == c.macs
     assert count_params(net.extract(gpu)) == c.params
+
+
+def test_executed_macs_counts_what_runs_with_backward_as_twice_the_forward() -> None:
+    from supernet.cost import ExecutedMacs
+
+    space = spaces.get("fmnist")
+    arch = space.sample(random.Random(3))
+    net = Supernet(space, 10).extract(arch)
+    x = torch.randn(2, 1, arch.resolution, arch.resolution)
+    with ExecutedMacs() as run, torch.no_grad():
+        net(x)
+    assert run.total == 2 * macs(space, arch, 10)
+    with ExecutedMacs() as run:
+        net(x)
+    assert run.total == 3 * 2 * macs(space, arch, 10)

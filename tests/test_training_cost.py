@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 import pytest
-import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
+from supernet.cost import ExecutedMacs
 from supernet.training.loop import Trainer
 from supernet.training.metrics import PASS_KINDS, read_metrics
 from training_helpers import quick_config, small_data
 
 RECIPES = ["alphanet.yaml", "bignas.yaml", "nokd.yaml", "attentivenas.yaml", "deps.yaml", "ennas.yaml", "ofa.yaml",
            "compofa.yaml"]
-
-
-class ExecutedMacs(TorchFunctionMode):
-    """Multiply-adds of every conv2d and linear call: 3x under autograd (forward + backward), else 1x."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if func in (F.conv2d, F.linear):
-            weight = args[1] if len(args) > 1 else kwargs["weight"]
-            per_output = weight[0].numel()  # in_channels / groups x kernel area, or in_features
-            factor = 3 if torch.is_grad_enabled() and weight.requires_grad else 1
-            self.total += factor * out.numel() * per_output
-        return out
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from supernet.space import Arch, SearchSpace, StageSpec, block_mid_channels, head_mid_channels, se_width
 
@@ -122,3 +124,24 @@ def count_macs_by_hooks(module: nn.Module, input_shape: tuple[int, ...]) -> int:
 def count_params(module: nn.Module) -> int:
     """Number of parameters of a module."""
     return sum(p.numel() for p in module.parameters())
+
+
+class ExecutedMacs(TorchFunctionMode):
+    """Context that adds up the multiply-adds of every conv2d and linear call as it runs (any module).
+
+    Calls under autograd with a trainable weight count 3x (forward + backward), others 1x: the
+    convention of the training loop's cost counters, measured instead of derived.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in (F.conv2d, F.linear):
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            factor = 3 if torch.is_grad_enabled() and weight.requires_grad else 1
+            self.total += factor * out.numel() * weight[0].numel()  # in_channels/groups x kernel, or in_features
+        return out
