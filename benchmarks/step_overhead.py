@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from supernet.allocator import retain_freed_memory
+from supernet.config import load_config
 from supernet.data import resize_batch
 from supernet.distill import get_divergence
-from supernet.training.config import load_config
 from supernet.training.loop import Trainer
 from supernet.training.samplers import SampleContext, SandwichSampler
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from supernet.allocator import retain_freed_memory
+from supernet.config import load_config
 from supernet.cost import ExecutedMacs
-from supernet.training.config import load_config
 from supernet.training.loop import Trainer
 from supernet.training.metrics import PASS_KINDS
 

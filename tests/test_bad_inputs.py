@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from supernet.checkpoint import RunDir, load_checkpoint, save_checkpoint
 from supernet.cli import main
-from supernet.training.checkpoint import RunDir, load_checkpoint, save_checkpoint
 from training_helpers import QUICK, small_data
 
 TRAIN = ["--no-progress", "--set", "data.limit=256", "--set", "data.val_size=256", "--set", "train.epochs=1",
@@ -61,7 +61,7 @@ def copy_run(run: Path, where: Path, checkpoint: Callable[[dict], object] | byte
 
 def test_any_bytes_are_an_unreadable_checkpoint(tmp_path: Path) -> None:
     """Random bytes fail inside torch's unpickler in many ways (IndexError, KeyError, ...): always one error."""
-    from supernet.training.checkpoint import RunDirError
+    from supernet.checkpoint import RunDirError
 
     path = tmp_path / "latest.pt"
     for seed in range(200):

@@ -10,21 +10,21 @@ import torch
 from torch import nn
 
 from supernet import spaces
+from supernet.checkpoint import RunDir, RunDirError, checkpoint_digest, save_checkpoint
+from supernet.config import config_from_dict
 from supernet.cost import cost, count_params
 from supernet.data import build_data
+from supernet.evaluation import EvalResult, Evaluator, accuracy
 from supernet.export import (
     ExportedPaths,
     ExportError,
     export_subnet,
     load_subnet,
-    load_supernet,
     verify_onnx,
 )
 from supernet.model import Supernet
-from supernet.search.evaluate import EvalResult, Evaluator, accuracy, checkpoint_digest
+from supernet.runs import load_supernet
 from supernet.space import Arch, SearchSpace
-from supernet.training.checkpoint import RunDir, RunDirError, save_checkpoint
-from supernet.training.config import config_from_dict
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = 10

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from supernet import spaces
-from supernet.nn.static import build_static
+from supernet.model import build_static
 from supernet.search.latency import (
     BlockLayer,
     HeadLayer,

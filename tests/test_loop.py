@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from supernet.training.checkpoint import RunDirError, load_checkpoint
+from supernet.checkpoint import RunDirError, load_checkpoint
 from supernet.training.loop import Trainer, TrainingStopped
 from supernet.training.metrics import read_metrics
 from training_helpers import quick_config, small_data

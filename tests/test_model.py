@@ -10,7 +10,7 @@ from torch import nn
 
 from net_helpers import randomise_bn
 from supernet import Supernet, spaces
-from supernet.nn.static import build_static
+from supernet.model import build_static
 from supernet.space import ArchError
 
 # Extraction is resolution-agnostic; large spaces run at a smaller input to keep the suite fast.

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from supernet import spaces
-from supernet.training.config import load_config
+from supernet.config import load_config
 from supernet.training.samplers import SampleContext, UniformSampler
 
 CONFIGS = Path(__file__).parent.parent / "configs"

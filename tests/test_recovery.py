@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from supernet.checkpoint import RunDir, load_checkpoint
 from supernet.cli import main
 from supernet.search.job import _PredictorScreen
-from supernet.training.checkpoint import RunDir, load_checkpoint
 from supernet.training.loop import Trainer
 from supernet.training.metrics import MetricsLog, read_metrics
 from training_helpers import QUICK, small_data

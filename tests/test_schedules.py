@@ -8,7 +8,7 @@ import math
 import pytest
 
 from supernet import spaces
-from supernet.training.config import load_config
+from supernet.config import load_config
 from supernet.training.schedules import Schedule, cosine_lr, epsilon, linear_lr
 from training_helpers import CONFIGS
 

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supernet import spaces
-from supernet.space import Arch, ArchError, SearchSpace, SpaceError, make_divisible
+from supernet.nn.widths import make_divisible
+from supernet.space import Arch, ArchError, SearchSpace, SpaceError
 
 PRESETS = spaces.names()
 seeds = st.integers(min_value=0, max_value=2**32 - 1)

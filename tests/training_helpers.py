@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from supernet.config import Config, load_config
 from supernet.data import DataBundle, build_data
-from supernet.training.config import Config, load_config
 
 TINY_SPACE = str(Path(__file__).parent / "data" / "tiny_space.yaml")
 CONFIGS = Path(__file__).parent.parent / "configs"

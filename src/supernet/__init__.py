@@ -4,8 +4,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 from supernet import spaces
 from supernet.allocator import retain_freed_memory
-from supernet.export import export_subnet, load_subnet, load_supernet, verify_onnx
+from supernet.export import export_subnet, load_subnet, verify_onnx
 from supernet.model import Supernet
+from supernet.runs import load_supernet
 from supernet.space import Arch, ArchError, SearchSpace, SpaceError
 
 try:

@@ -12,9 +12,9 @@ from pathlib import Path
 import supernet
 from supernet import spaces
 from supernet.allocator import retain_freed_memory
-from supernet.cost import cost
-from supernet.training.checkpoint import RunDirError
-from supernet.training.config import RESUME_OVERRIDES, ConfigError, load_config
+from supernet.checkpoint import RunDirError
+from supernet.config import RESUME_OVERRIDES, ConfigError, load_config
+from supernet.cost import cost, summary
 
 EPILOG = "Run `supernet COMMAND --help` for a command's options."
 
@@ -29,7 +29,7 @@ def _cmd_space(args: argparse.Namespace) -> int:
             out[label] = {"arch": arch.to_dict(), "macs": c.macs, "params": c.params}
         print(json.dumps(out, indent=2))
     else:
-        print(space.summary(num_classes))
+        print(summary(space, num_classes))
     return 0
 
 
@@ -477,9 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by input (config, data, architecture, checkpoint): printed as one line, no traceback."""
     from supernet.data import DatasetError
+    from supernet.evaluation import CacheError
     from supernet.export import ExportError
     from supernet.report import ReportError
-    from supernet.search.evaluate import CacheError
     from supernet.search.evolution import SearchError
     from supernet.search.front_file import FrontFileError
     from supernet.search.latency import LatencyError, MissingLayerError

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from supernet.space import Arch, SearchSpace, StageSpec, block_mid_channels, head_mid_channels, se_width
+from supernet.nn.widths import block_mid_channels, head_mid_channels, se_width
+from supernet.space import Arch, SearchSpace, StageSpec
 
 
 def conv_out_size(size: int, kernel: int, stride: int) -> int:
@@ -87,6 +88,19 @@ def macs(space: SearchSpace, arch: Arch, num_classes: int, in_channels: int | No
 def params(space: SearchSpace, arch: Arch, num_classes: int, in_channels: int | None = None) -> int:
     """Number of parameters of the extracted `arch` (BN running statistics excluded)."""
     return cost(space, arch, num_classes, in_channels).params
+
+
+def summary(space: SearchSpace, num_classes: int | None = None) -> str:
+    """The space's description followed by its smallest and largest sub-networks' MACs and params."""
+    num_classes = space.spec.num_classes if num_classes is None else num_classes
+    lines = [space.describe()]
+    for label, arch in (("smallest", space.smallest()), ("largest", space.largest())):
+        lines.append(
+            f"  {label:<9} {macs(space, arch, num_classes) / 1e6:9.2f} MMACs  "
+            f"{params(space, arch, num_classes) / 1e6:7.3f} M params  (resolution {arch.resolution}, "
+            f"{num_classes} classes)"
+        )
+    return "\n".join(lines)
 
 
 def count_macs_by_hooks(module: nn.Module, input_shape: tuple[int, ...]) -> int:

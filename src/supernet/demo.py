@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from supernet.config import load_config
+from supernet.report import write_report
 from supernet.search.evolution import SearchSettings
 from supernet.search.front_file import read_front
 from supernet.search.job import best_under, deliver, open_run, run_search
 from supernet.search.objectives import Constraint
 from supernet.search.pareto import Candidate
-from supernet.training.config import load_config
 from supernet.training.loop import Trainer
 
 RECIPE = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
@@ -63,7 +64,6 @@ def run_demo(out: Path, *, recipe: Path | None = None, overrides: list[str] | No
         target = out / "export" / str(budget).replace("<=", "_le_").replace(".", "p")
         done = deliver(opened, best.arch, target, budget=budget, overwrite=True)
         rows.append(DemoRow(str(budget), best.macs, done.val.top1, done.test.top1, target))
-    from supernet.report import write_report
 
     index = write_report([run_dir], [search_dir], report_dir, title="supernet demo: DepS + adaptive alpha on Fashion-MNIST",
                          export_dirs=[r.path for r in rows])

@@ -29,15 +29,14 @@ import torch
 from torch import Tensor, nn
 
 import supernet
+from supernet.checkpoint import state_mismatch
 from supernet.cost import cost
+from supernet.evaluation import EvalResult
 from supernet.fileio import atomic_write_bytes, atomic_write_text
-from supernet.model import Supernet
-from supernet.nn.static import StaticNet, build_static
+from supernet.model import build_static
+from supernet.nn.static import StaticNet
 from supernet.onnx_bytes import onnx_bytes
-from supernet.search.evaluate import EvalResult, checkpoint_digest
 from supernet.space import Arch, ArchError, SearchSpace, SpaceError
-from supernet.training.checkpoint import RunDir, RunDirError, load_checkpoint, require_keys, state_mismatch
-from supernet.training.config import config_from_dict
 
 EXPORT_FORMAT = 1
 ARCH_FILE = "arch.json"
@@ -55,19 +54,6 @@ class ExportError(ValueError):
 
 
 @dataclass(frozen=True)
-class LoadedRun:
-    """A trained supernet restored from a run directory or checkpoint file, with what it was built from."""
-
-    net: Supernet
-    space: SearchSpace
-    num_classes: int
-    in_channels: int
-    config: dict[str, Any]
-    checkpoint_path: Path
-    checkpoint_id: str
-
-
-@dataclass(frozen=True)
 class ExportedPaths:
     """The files of one export directory (`onnx` is None when ONNX export was off)."""
 
@@ -76,43 +62,6 @@ class ExportedPaths:
     weights: Path
     onnx: Path | None
     card: Path
-
-
-def load_supernet(
-    run_dir_or_checkpoint: str | os.PathLike[str], map_location: str | torch.device = "cpu"
-) -> LoadedRun:
-    """Restore a trained supernet (eval mode) from a run directory's latest checkpoint or a checkpoint file."""
-    path = Path(run_dir_or_checkpoint)
-    if path.is_dir():
-        run = RunDir(path)
-        run.require_existing()
-        path = run.latest
-    state = load_checkpoint(path, map_location)
-    require_keys(state, path)
-    space = SearchSpace.from_dict(state["space"], source=f"{path} (saved space)")
-    config = config_from_dict(state["config"], source=f"{path} (saved config)").model_dump(mode="json")
-    # Initial weights are overwritten below; fork the RNG so loading does not shift the caller's random stream.
-    with torch.random.fork_rng(devices=[]):
-        net = Supernet(
-            space,
-            int(state["num_classes"]),
-            int(state["in_channels"]),
-            kernel_transform=bool(config.get("kernel_transform", False)),
-        )
-    problem = state_mismatch(net.state_dict(), state["model"])
-    if problem:
-        raise RunDirError(f"checkpoint {path}: its weights do not fit its saved search space ({problem})")
-    net.load_state_dict(state["model"])
-    net.set_channels_last(bool(config.get("train", {}).get("channels_last", False)))
-    return LoadedRun(
-        net=net.to(map_location).eval(),
-        space=space,
-        num_classes=net.num_classes,
-        in_channels=net.in_channels,
-        config=config,
-        checkpoint_path=path,
-        checkpoint_id=checkpoint_digest(path),
-    )
 
 
 def export_subnet(

@@ -6,8 +6,9 @@ import torch
 from torch import Tensor, nn
 
 from supernet.nn.dynamic_blocks import DynamicConvBnAct, DynamicHead, DynamicMBConv
-from supernet.nn.static import StaticNet, build_static
-from supernet.space import Arch, SearchSpace, expanded_width, head_mid_channels
+from supernet.nn.static import Head, MBConv, StaticNet, conv_bn_act
+from supernet.nn.widths import expanded_width, head_mid_channels
+from supernet.space import Arch, SearchSpace
 
 
 class Supernet(nn.Module):
@@ -128,3 +129,32 @@ class Supernet(nn.Module):
         self.head.copy_to(net.head)
         ref = next(self.parameters())
         return net.to(device=ref.device, dtype=ref.dtype).train(self.training)
+
+
+def build_static(
+    space: SearchSpace, arch: Arch, num_classes: int, in_channels: int | None = None, dropout: float = 0.0
+) -> StaticNet:
+    """A freshly initialised static network of `arch` (weights are copied in by `Supernet.extract`)."""
+    space.validate(arch)
+    in_channels = space.in_channels if in_channels is None else in_channels
+    stem = conv_bn_act(in_channels, arch.stem_width, space.spec.stem.kernel, space.spec.stem.stride, space.spec.stem.activation)
+    blocks, c = [], arch.stem_width
+    for s, st in enumerate(space.stages):
+        for b in range(arch.depths[s]):
+            blocks.append(
+                MBConv(
+                    c,
+                    arch.widths[s],
+                    arch.kernels[s][b],
+                    arch.expand_ratios[s][b],
+                    st.stride if b == 0 else 1,
+                    st.se,
+                    st.activation,
+                    st.shortcut,
+                )
+            )
+            c = arch.widths[s]
+    head_spec = space.spec.head
+    mid = head_mid_channels(head_spec.mix, head_spec.expand_ratio, c, arch.head_width)
+    head = Head(c, mid, arch.head_width, num_classes, head_spec.activation, dropout, mix=head_spec.mix)
+    return StaticNet(stem, blocks, head)

@@ -22,35 +22,6 @@ class ArchError(ValueError):
     """An architecture is malformed or lies outside its search space."""
 
 
-def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
-    """Round `value` to the nearest multiple of `divisor`, never going below 90% of it (MobileNet rule)."""
-    min_value = divisor if min_value is None else min_value
-    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * value:
-        rounded += divisor
-    return rounded
-
-
-def expanded_width(in_channels: int, expand_ratio: float) -> int:
-    """Width of an MBConv block's expanded (depthwise) layer."""
-    return make_divisible(round(in_channels * expand_ratio), 8)
-
-
-def head_mid_channels(mix: bool, expand_ratio: float, in_channels: int, width: int) -> int:
-    """Channels of the head's expand conv: ratio x input (MobileNetV3 head), or the head width (no mix conv)."""
-    return expanded_width(in_channels, expand_ratio) if mix else width
-
-
-def block_mid_channels(in_channels: int, expand_ratio: float) -> int:
-    """Channels of a block's depthwise layer: the input's when the ratio is 1 (no expansion conv)."""
-    return in_channels if expand_ratio == 1 else expanded_width(in_channels, expand_ratio)
-
-
-def se_width(mid_channels: int) -> int:
-    """Width of the squeeze-excite bottleneck for a block with `mid_channels` expanded channels."""
-    return make_divisible(mid_channels / 4, 8)
-
-
 def _positive_unique(values: list, what: str) -> list:
     if not values:
         raise ValueError(f"{what} must list at least one choice")
@@ -519,10 +490,8 @@ class SearchSpace:
         )
         return self.validate(arch)
 
-    def summary(self, num_classes: int | None = None) -> str:
-        """Human-readable table of the space's choices, size and cost range."""
-        num_classes = self.spec.num_classes if num_classes is None else num_classes
-        from supernet.cost import macs, params  # cost depends on space; import lazily to keep modules acyclic
+    def describe(self) -> str:
+        """Human-readable table of the space's choices and size (`supernet.cost.summary` adds the cost range)."""
 
         def fmt(values: list) -> str:
             return "{" + ",".join(str(_number(v)) for v in values) + "}"
@@ -544,12 +513,6 @@ class SearchSpace:
         else:
             lines.append(f"  head       1x1 conv {fmt(head.widths)} {head.activation}, pool, classifier")
         lines.append(f"  sub-networks  {self.size():.4g}")
-        for label, arch in (("smallest", self.smallest()), ("largest", self.largest())):
-            lines.append(
-                f"  {label:<9} {macs(self, arch, num_classes) / 1e6:9.2f} MMACs  "
-                f"{params(self, arch, num_classes) / 1e6:7.3f} M params  (resolution {arch.resolution}, "
-                f"{num_classes} classes)"
-            )
         return "\n".join(lines)
 
 

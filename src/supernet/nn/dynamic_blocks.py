@@ -15,7 +15,7 @@ from supernet.nn.dynamic_ops import (
     DynamicSqueezeExcite,
 )
 from supernet.nn.static import Head, MBConv
-from supernet.space import block_mid_channels, se_width
+from supernet.nn.widths import block_mid_channels, se_width
 
 
 def drop_path(x: Tensor, rate: float, generator: torch.Generator | None) -> Tensor:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from supernet.nn.slicing import crop
-from supernet.space import se_width
+from supernet.nn.widths import se_width
 
 
 class DynamicConv2d(nn.Module):

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from supernet.nn.activations import make_activation
-from supernet.space import Arch, SearchSpace, block_mid_channels, head_mid_channels, se_width
+from supernet.nn.widths import block_mid_channels, se_width
 
 
 def conv_bn_act(in_c: int, out_c: int, kernel: int, stride: int, activation: str | None, groups: int = 1) -> nn.Sequential:
@@ -126,32 +126,3 @@ class StaticNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.blocks(self.stem(x)))
-
-
-def build_static(
-    space: SearchSpace, arch: Arch, num_classes: int, in_channels: int | None = None, dropout: float = 0.0
-) -> StaticNet:
-    """A freshly initialised static network of `arch` (weights are copied in by `Supernet.extract`)."""
-    space.validate(arch)
-    in_channels = space.in_channels if in_channels is None else in_channels
-    stem = conv_bn_act(in_channels, arch.stem_width, space.spec.stem.kernel, space.spec.stem.stride, space.spec.stem.activation)
-    blocks, c = [], arch.stem_width
-    for s, st in enumerate(space.stages):
-        for b in range(arch.depths[s]):
-            blocks.append(
-                MBConv(
-                    c,
-                    arch.widths[s],
-                    arch.kernels[s][b],
-                    arch.expand_ratios[s][b],
-                    st.stride if b == 0 else 1,
-                    st.se,
-                    st.activation,
-                    st.shortcut,
-                )
-            )
-            c = arch.widths[s]
-    head_spec = space.spec.head
-    mid = head_mid_channels(head_spec.mix, head_spec.expand_ratio, c, arch.head_width)
-    head = Head(c, mid, arch.head_width, num_classes, head_spec.activation, dropout, mix=head_spec.mix)
-    return StaticNet(stem, blocks, head)

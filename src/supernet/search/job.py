@@ -14,9 +14,10 @@ from tqdm import tqdm
 
 from supernet.data import DataBundle, build_data
 from supernet.distributed import SINGLE, DistContext, sharded_map
-from supernet.export import LoadedRun, export_subnet, load_supernet, verify_onnx
+from supernet.evaluation import EvalResult, Evaluator
+from supernet.export import export_subnet, verify_onnx
 from supernet.fileio import atomic_write_text
-from supernet.search.evaluate import EvalResult, Evaluator
+from supernet.runs import LoadedRun, load_supernet
 from supernet.search.evolution import SearchError, SearchSettings, budget_search, evolutionary_search
 from supernet.search.front_file import FRONT_FORMAT
 from supernet.search.objectives import Constraint, Objectives

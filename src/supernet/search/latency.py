@@ -44,10 +44,12 @@ from torch import Tensor, nn
 
 from supernet.cost import conv_out_size
 from supernet.fileio import atomic_write_text
-from supernet.nn.static import Head, MBConv, build_static, conv_bn_act
+from supernet.model import build_static
+from supernet.nn.static import Head, MBConv, conv_bn_act
+from supernet.nn.widths import expanded_width
 from supernet.onnx_bytes import onnx_bytes
 from supernet.search.predictor import kendall_tau
-from supernet.space import Arch, HeadSpec, SearchSpace, expanded_width
+from supernet.space import Arch, HeadSpec, SearchSpace
 
 Backend = Literal["torch", "onnxruntime"]
 BACKENDS = ("torch", "onnxruntime")

@@ -23,6 +23,23 @@ from tqdm import tqdm
 from typing_extensions import Self
 
 from supernet import spaces
+from supernet.checkpoint import (
+    RESUME_KEYS,
+    RunDir,
+    RunDirError,
+    load_checkpoint,
+    require_keys,
+    save_checkpoint,
+    state_mismatch,
+)
+from supernet.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    dump_config,
+    resume_config,
+    resume_differences,
+)
 from supernet.cost import macs
 from supernet.data import DataBundle, DatasetError, Loader, build_data, resize_batch, subset
 from supernet.distill import get_divergence
@@ -35,28 +52,12 @@ from supernet.distributed import (
     check_same,
     mean_over_ranks,
 )
+from supernet.evaluation import Evaluator
 from supernet.fileio import atomic_write_text
-from supernet.model import Supernet
+from supernet.model import Supernet, build_static
 from supernet.nn.dynamic_ops import DynamicBatchNorm2d
-from supernet.nn.static import build_static
+from supernet.runs import load_supernet
 from supernet.space import Arch, SearchSpace
-from supernet.training.checkpoint import (
-    RESUME_KEYS,
-    RunDir,
-    RunDirError,
-    load_checkpoint,
-    require_keys,
-    save_checkpoint,
-    state_mismatch,
-)
-from supernet.training.config import (
-    Config,
-    ConfigError,
-    config_from_dict,
-    dump_config,
-    resume_config,
-    resume_differences,
-)
 from supernet.training.diversity import DiversitySampler, estimation_macs
 from supernet.training.metrics import PASS_KINDS, MetricsLog
 from supernet.training.reorder import reorder_channels
@@ -684,8 +685,6 @@ class Trainer:
 
     def evaluate_extremes(self, epoch: int) -> dict[str, Any]:
         """Val accuracy of the smallest and largest sub-networks after BN recalibration; training state untouched."""
-        from supernet.search.evaluate import Evaluator
-
         if self.data.val is None or not self.dist.is_main:
             return {}
         cfg = self.config
@@ -725,8 +724,6 @@ def _saved_space(state: dict[str, Any], path: Path) -> SearchSpace:
 
 def load_teacher(source: str, device: torch.device) -> tuple[nn.Module, int]:
     """The largest sub-network of a run directory or checkpoint of this tool, frozen, and its resolution."""
-    from supernet.export import load_supernet  # export builds on training's checkpoints; import lazily
-
     run = load_supernet(source)
     largest = run.space.largest()
     return run.net.extract(largest).to(device).eval().requires_grad_(False), largest.resolution

@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from supernet.checkpoint import RunDir
 from supernet.fileio import atomic_write_text
-from supernet.training.checkpoint import RunDir
 
 # The kinds of pass whose multiply-adds a run logs as `<kind>_macs` (their sum is `train_macs`): gradient
 # passes (forward + backward, 3x the forward), no-grad teacher passes, candidate scoring (AttentiveNAS) and

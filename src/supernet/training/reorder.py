@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from supernet.model import Supernet
 from supernet.nn.dynamic_blocks import DynamicConvBnAct, DynamicHead, DynamicMBConv
-from supernet.space import SearchSpace, block_mid_channels, se_width
+from supernet.nn.widths import block_mid_channels, se_width
+from supernet.space import SearchSpace
 
 # One step of a re-ordering: permute `tensor` along `dim` by `perm`.
 _Op = tuple[Tensor, int, Tensor]

@@ -9,8 +9,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from supernet.config import Config, DelayedEpsConfig, PhaseConfig, ProgressiveConfig
 from supernet.space import SearchSpace
-from supernet.training.config import Config, DelayedEpsConfig, PhaseConfig, ProgressiveConfig
 
 
 def cosine_lr(step: int, total: int, peak: float, warmup: int, start_factor: float, min_factor: float) -> float:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from supernet.training.config import (
+from supernet.config import (
     ConfigError,
     apply_overrides,
     config_from_dict,

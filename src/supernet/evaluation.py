@@ -13,7 +13,6 @@ dropout rates, random streams), so the training loop can call it between epochs.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -210,15 +209,6 @@ def accuracy(
 
 
 # -- cached evaluation -----------------------------------------------------------------------------
-
-
-def checkpoint_digest(path: str | os.PathLike[str]) -> str:
-    """SHA-256 hex digest of a file: a `checkpoint_id` that changes whenever the weights do."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Evaluator:

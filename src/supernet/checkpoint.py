@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,3 +197,12 @@ class RunDir:
                 f"checkpoint, so there is nothing to resume or load; start it over with "
                 f"`supernet train {config} --out {self.root} --force`"
             )
+
+
+def checkpoint_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 hex digest of a file: a `checkpoint_id` that changes whenever the weights do."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

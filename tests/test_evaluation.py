@@ -1,4 +1,4 @@
-"""Tests for supernet.search.evaluate: BN recalibration, accuracy, the cached Evaluator."""
+"""Tests for supernet.evaluation: BN recalibration, accuracy, the cached Evaluator."""
 
 from __future__ import annotations
 
@@ -17,20 +17,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from supernet.checkpoint import checkpoint_digest
 from supernet.data import DataBundle, DatasetError, Loader, TensorImageDataset, build_data, resize_batch
 from supernet.data.augment import Normalizer, PadCropFlip
-from supernet.model import Supernet
-from supernet.search.evaluate import (
+from supernet.evaluation import (
     CacheError,
     EvalResult,
     Evaluator,
     accuracy,
     bn_state,
-    checkpoint_digest,
     preserved_bn_state,
     recalibrate_bn,
     restore_bn_state,
 )
+from supernet.model import Supernet
 from supernet.space import Arch, ArchError, SearchSpace
 
 TINY_SPACE = {

@@ -1,0 +1,32 @@
+"""Channel arithmetic of MobileNet-style blocks: divisible rounding, expanded, squeeze-excite and head widths."""
+
+from __future__ import annotations
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round `value` to the nearest multiple of `divisor`, never going below 90% of it (MobileNet rule)."""
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def expanded_width(in_channels: int, expand_ratio: float) -> int:
+    """Width of an MBConv block's expanded (depthwise) layer."""
+    return make_divisible(round(in_channels * expand_ratio), 8)
+
+
+def head_mid_channels(mix: bool, expand_ratio: float, in_channels: int, width: int) -> int:
+    """Channels of the head's expand conv: ratio x input (MobileNetV3 head), or the head width (no mix conv)."""
+    return expanded_width(in_channels, expand_ratio) if mix else width
+
+
+def block_mid_channels(in_channels: int, expand_ratio: float) -> int:
+    """Channels of a block's depthwise layer: the input's when the ratio is 1 (no expansion conv)."""
+    return in_channels if expand_ratio == 1 else expanded_width(in_channels, expand_ratio)
+
+
+def se_width(mid_channels: int) -> int:
+    """Width of the squeeze-excite bottleneck for a block with `mid_channels` expanded channels."""
+    return make_divisible(mid_channels / 4, 8)
