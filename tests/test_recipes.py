@@ -28,6 +28,9 @@ COMPARISONS = {
         ["deps.yaml", "deps_alpha.yaml", "bignas.yaml", "ofa.yaml", "compofa.yaml"],
         {"sampler", "teacher", "distill", "schedule", "train.epochs", "optim.warmup_epochs", "kernel_transform"},
     ),
+    # EnNAS section 4.3: the ablation without diversity-based sampling changes only the sampler.
+    "ennas ablation": (["ennas.yaml", "ennas_wo_ds.yaml"], {"sampler"}),
+    "imagenet ennas ablation": (["imagenet/ennas.yaml", "imagenet/ennas_wo_ds.yaml"], {"sampler"}),
     "imagenet alphanet": (
         ["imagenet/alphanet.yaml", "imagenet/attentivenas.yaml", "imagenet/bignas.yaml"],
         {"sampler", "teacher", "distill"},

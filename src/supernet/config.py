@@ -222,6 +222,11 @@ class TrainConfig(_Section):
     eval_every_epochs: int = Field(1, ge=0, description="0: no per-epoch evaluation")
     recal_images: int = Field(2048, gt=0, description="images for BN recalibration before evaluation")
     eval_images: int | None = Field(None, gt=0, description="cap the val images of per-epoch evaluation")
+    diagnostic_draws: int = Field(
+        2, ge=0, description="groups of sub-networks drawn with the recipe's sampler at each per-epoch evaluation "
+        "for EnNAS's diagnostics (teacher vs student val top-1, pairwise logit distance; the paper draws 100); "
+        "0 turns them off; recipes with fewer than 2 students have none"
+    )
     checkpoint_every_steps: int = Field(200, gt=0, description="how often `latest.pt` is refreshed")
     keep_epoch_checkpoints: bool = True
     log_every_steps: int = Field(20, gt=0)

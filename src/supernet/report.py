@@ -25,7 +25,8 @@ from supernet.training.metrics import PASS_KINDS, read_metrics_checked
 ACCURACY_PLOT = "accuracy_vs_macs.png"
 CURVES_PLOT = "training_curves.png"
 COST_PLOT = "training_cost.png"
-PLOTS = (ACCURACY_PLOT, CURVES_PLOT, COST_PLOT)
+DIAGNOSTICS_PLOT = "teacher_and_diversity.png"
+PLOTS = (ACCURACY_PLOT, CURVES_PLOT, COST_PLOT, DIAGNOSTICS_PLOT)
 _LINESTYLES = ("-", "--", ":", "-.")
 _MISSING = "—"
 EXPORT_DOC = "arch.json"  # what `supernet export` writes beside the weights (supernet.export.ARCH_FILE)
@@ -424,6 +425,36 @@ def curves_figure(runs: Sequence[tuple[RunInfo, Style]], notes: list[str]) -> Fi
     return fig
 
 
+def diagnostics_figure(runs: Sequence[tuple[RunInfo, Style]]) -> Figure | None:
+    """EnNAS Figures 1-2 per run: teacher vs mean student val top-1, and mean pairwise logit distance, per epoch."""
+    measured = [(r, st) for r, st in runs if any("diag_student_top1" in e for e in r.evals)]
+    if not measured:
+        return None
+    fig = _new_figure(12, 4.8)
+    acc, div = fig.subplots(1, 2)
+    for r, st in measured:
+        epochs, teacher = _series(r.evals, "epoch", "diag_teacher_top1")
+        if teacher:
+            acc.plot(epochs, [100 * v for v in teacher], color=st.colour, marker="o", markersize=3, label=st.label)
+        epochs, students = _series(r.evals, "epoch", "diag_student_top1")
+        acc.plot(epochs, [100 * v for v in students], color=st.colour, marker="o", markersize=3, linestyle="--",
+                 label=None if teacher else st.label)
+        epochs, distance = _series(r.evals, "epoch", "diag_logit_distance")
+        div.plot(epochs, distance, color=st.colour, marker="o", markersize=3, label=st.label)
+    handles, labels = acc.get_legend_handles_labels()
+    handles += [Line2D([], [], color="black"), Line2D([], [], color="black", linestyle="--")]
+    labels += ["teacher", "mean of its students"]
+    acc.legend(handles, labels, fontsize=8)
+    acc.set(xlabel="epoch", ylabel="val top-1 (%)", title="Teacher and student accuracy (EnNAS Fig. 1)")
+    div.legend(fontsize=8)
+    div.set(xlabel="epoch", ylabel="mean pairwise logit distance",
+            title="Diversity of the sampled sub-networks (EnNAS Fig. 2)")
+    for ax in (acc, div):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    return fig
+
+
 def loss_names(r: RunInfo) -> tuple[str, str]:
     """What the logged losses of a run are: (the largest network's, the other sub-networks')."""
     smoothing = r.setting("optim", "label_smoothing")
@@ -775,6 +806,11 @@ _CAPTIONS = {
     COST_PLOT: "Training cost per run: run time (evaluation and checkpoints included where logged) and the "
     "multiply-adds of every pass the recipe ran, by kind: gradient passes (forward + backward, 3x), teacher "
     "passes (in-place, ensemble or frozen teachers), scoring passes (AttentiveNAS) and sampler preparation (EnNAS).",
+    DIAGNOSTICS_PLOT: "Per-epoch diagnostics of multi-student recipes (EnNAS Figures 1-2), averaged over "
+    "train.diagnostic_draws groups drawn with the recipe's sampler: left, val top-1 of the group's teacher "
+    "(solid: the CE-optimal ensemble with weights solved on a training batch, or the largest sub-network for "
+    "in-place KD) and the mean of its students (dashed); right, the mean Euclidean distance between two "
+    "students' logits of one val image.",
 }
 
 
@@ -874,6 +910,7 @@ def write_report(
         ACCURACY_PLOT: accuracy_figure(list(zip(searches, search_styles, strict=True)), notes),
         CURVES_PLOT: curves_figure(list(zip(runs, run_styles, strict=True)), notes),
         COST_PLOT: cost_figure(list(zip(runs, run_styles, strict=True)), notes),
+        DIAGNOSTICS_PLOT: diagnostics_figure(list(zip(runs, run_styles, strict=True))),
     }
     out.mkdir(parents=True, exist_ok=True)
     written = []

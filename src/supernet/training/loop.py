@@ -58,6 +58,7 @@ from supernet.model import Supernet, build_static
 from supernet.nn.dynamic_ops import DynamicBatchNorm2d
 from supernet.runs import load_supernet
 from supernet.space import Arch, SearchSpace
+from supernet.training.diagnostics import epoch_record, group_diagnostics
 from supernet.training.diversity import DiversitySampler, estimation_macs
 from supernet.training.metrics import PASS_KINDS, MetricsLog
 from supernet.training.reorder import reorder_channels
@@ -699,6 +700,7 @@ class Trainer:
             record[f"{label}_top1"] = result.top1
             record[f"{label}_loss"] = result.loss
             record["val_images"] = result.images  # per-epoch evaluation may use a subset (train.eval_images)
+        record.update(self._diagnostics(evaluator, epoch))
         self._tick()
         record.update(self._cost_record())
         self.log.write(record)
@@ -706,7 +708,64 @@ class Trainer:
             tqdm.write(f"epoch {epoch}: val top-1 smallest {record['smallest_top1']:.2%} largest "
                        f"{record['largest_top1']:.2%}  ({self.counters['train_macs'] / 1e12:.2f} TMACs trained, "
                        f"{self.counters['wall_time'] / 60:.1f} min)")
+            if "diag_teacher_top1" in record:
+                tqdm.write(f"  teacher {record['diag_teacher_top1']:.2%} vs its students {record['diag_student_top1']:.2%}, "
+                           f"logit distance {record['diag_logit_distance']:.3f}")
         return record
+
+    def _diagnostics(self, evaluator: Evaluator, epoch: int) -> dict[str, float]:
+        """EnNAS's diagnostics over `train.diagnostic_draws` groups drawn as training draws them (not counted)."""
+        draws = self.config.train.diagnostic_draws
+        plan = self.schedule.plan(max(self.global_step - 1, 0))
+        if not draws or not plan.shrinking or plan.num_random is not None:
+            return {}
+        rng = random.Random(f"diagnostics/{self.config.seed}/{epoch}")  # the training stream stays untouched
+        images, labels = (t.to(self.device) for t in next(iter(evaluator.recalibration_batches())))
+        val = [(x.to(self.device), y.to(self.device)) for x, y in evaluator.split_batches("val")]
+        val_labels = torch.cat([y for _, y in val])
+        groups = []
+        for _ in range(draws):
+            ctx = SampleContext(plan.space, rng, self.num_classes, self._uncounted_score(images, labels), epoch,
+                                self.global_step)
+            archs = self.sampler.sample(ctx)
+            if self.config.schedule.name == "delayed_eps" and archs[0] != plan.space.largest():
+                archs = [plan.space.largest(), *archs]
+            students = archs[1:] if self.config.teacher.name == "inplace" and archs[0] == plan.space.largest() else archs
+            if len(students) < 2:
+                return {}
+            logits = {}
+            for arch in dict.fromkeys(archs):
+                module = evaluator.extract(arch).to(self.device)
+                with torch.no_grad():
+                    logits[arch] = (module(resize_batch(images, arch.resolution)).float(),
+                                    torch.cat([module(resize_batch(x, arch.resolution)).float() for x, _ in val]))
+            teacher = None
+            if isinstance(self.teacher, EnsembleTeacher):
+                _, w, _ = self.teacher.combine([logits[a][0] for a in students], labels)
+                teacher = torch.tensordot(w.to(val_labels.device, torch.float32),
+                                          torch.stack([logits[a][1] for a in students]), dims=1)
+            elif self.config.teacher.name == "inplace" and students is not archs:
+                teacher = logits[archs[0]][1]
+            groups.append(group_diagnostics([logits[a][1] for a in students], val_labels, teacher))
+        return epoch_record(groups)
+
+    def _uncounted_score(self, images: Tensor, labels: Tensor) -> Any:
+        """A batch scorer for samplers that rank candidates, outside the training-cost counters."""
+        def score(archs: list[Arch]) -> list[float]:
+            net, losses = self.net, []
+            active, rates = net.active_arch, (net.dropout_rate, net.drop_connect_rate)
+            net.dropout_rate = net.drop_connect_rate = 0.0
+            try:
+                with torch.no_grad(), frozen_bn_statistics(net):
+                    for a in archs:
+                        net.set_active(a)
+                        losses.append(F.cross_entropy(net(resize_batch(images, a.resolution)).float(), labels).item())
+            finally:
+                net.set_active(active)
+                net.dropout_rate, net.drop_connect_rate = rates
+            return losses
+
+        return score
 
 
 def _keep_global_batch(config: Config, global_batch: int, world_size: int) -> Config:

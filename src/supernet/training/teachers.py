@@ -81,16 +81,21 @@ class EnsembleTeacher:
     separable_batches: int = 0
 
     def before_step(self, archs: Sequence[Arch], images: Tensor, labels: Tensor, forward: FrozenForward) -> Tensor:
-        logits = [forward(a) for a in archs]
+        teacher, w, separable = self.combine([forward(a) for a in archs], labels)
+        self.separable_batches += separable
+        self.last_weights = w
+        return teacher
+
+    def combine(self, logits: Sequence[Tensor], labels: Tensor) -> tuple[Tensor, Tensor, bool]:
+        """Teacher logits, weights, and whether the batch was separable (solved under `fallback_bound`)."""
         try:
             teacher, w = ensemble_teacher(logits, labels, weights=self.weights, nonnegative=self.nonnegative,
                                           bound=self.bound)
+            return teacher, w, False
         except NoFiniteMinimiserError:
-            self.separable_batches += 1
             teacher, w = ensemble_teacher(logits, labels, weights=self.weights, nonnegative=self.nonnegative,
                                           bound=self.fallback_bound)
-        self.last_weights = w
-        return teacher
+            return teacher, w, True
 
     def from_full(self, full_logits: Tensor, targets: Tensor | None) -> Tensor | None:
         return targets
