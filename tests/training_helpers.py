@@ -22,6 +22,7 @@ QUICK = [
     "train.eval_images=128",
     "train.log_every_steps=1",
     "optim.warmup_epochs=0",
+    "train.diagnostic_draws=0",  # tests/test_diagnostics.py turns them on where it checks them
 ]
 
 
