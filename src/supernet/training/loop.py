@@ -486,9 +486,13 @@ class Trainer:
         if plan.num_random is not None:  # OFA phase: the phase's own number of samples (dynamic_batch_size)
             draw = sample_compound if plan.compound else SearchSpace.sample
             return [draw(plan.space, self.rng) for _ in range(plan.num_random)]
-        archs = self.sampler.sample(ctx)
+        return self._with_full_model(self.sampler.sample(ctx), plan)
+
+    def _with_full_model(self, archs: list[Arch], plan: StepPlan) -> list[Arch]:
+        """DepS: the full model is always sampled while shrinking."""
+        largest = plan.space.largest()
         if self.config.schedule.name == "delayed_eps" and archs[0] != largest:
-            archs = [largest, *archs]  # DepS: the full model is always sampled while shrinking
+            return [largest, *archs]
         return archs
 
     def train_step(self, images: Tensor, labels: Tensor, plan: StepPlan, epoch: int) -> dict[str, float] | None:
@@ -723,14 +727,13 @@ class Trainer:
         images, labels = (t.to(self.device) for t in next(iter(evaluator.recalibration_batches())))
         val = [(x.to(self.device), y.to(self.device)) for x, y in evaluator.split_batches("val")]
         val_labels = torch.cat([y for _, y in val])
+        ctx = SampleContext(plan.space, rng, self.num_classes, self._uncounted_score(images, labels), epoch,
+                            self.global_step)
         groups = []
         for _ in range(draws):
-            ctx = SampleContext(plan.space, rng, self.num_classes, self._uncounted_score(images, labels), epoch,
-                                self.global_step)
-            archs = self.sampler.sample(ctx)
-            if self.config.schedule.name == "delayed_eps" and archs[0] != plan.space.largest():
-                archs = [plan.space.largest(), *archs]
-            students = archs[1:] if self.config.teacher.name == "inplace" and archs[0] == plan.space.largest() else archs
+            archs = self._with_full_model(self.sampler.sample(ctx), plan)
+            inplace = self.config.teacher.name == "inplace" and archs[0] == plan.space.largest()
+            students = archs[1:] if inplace else archs
             if len(students) < 2:
                 return {}
             logits = {}
@@ -744,7 +747,7 @@ class Trainer:
                 _, w, _ = self.teacher.combine([logits[a][0] for a in students], labels)
                 teacher = torch.tensordot(w.to(val_labels.device, torch.float32),
                                           torch.stack([logits[a][1] for a in students]), dims=1)
-            elif self.config.teacher.name == "inplace" and students is not archs:
+            elif inplace:
                 teacher = logits[archs[0]][1]
             groups.append(group_diagnostics([logits[a][1] for a in students], val_labels, teacher))
         return epoch_record(groups)
