@@ -2,7 +2,8 @@
 
 One train step = forward, cross-entropy, backward, SGD step. The two variants alternate (A/B, B/A)
 over many rounds and the median of the per-round ratios is printed, so machine noise hits both.
-Goal (issue #2): ratio <= 1.05 for alphanet A0 at batch 32 and fmnist largest/smallest at batch 256.
+Goals: ratio <= 1.05 for alphanet A0 at batch 32 and fmnist largest/smallest at batch 256 (issue #2), for
+alphanet A0 at batch 8, and for a choice-block sub-network of fmnist_choice and of ennas_s1 (issue #11).
 
     python benchmarks/dynamic_overhead.py [--rounds 30] [--threads 2] [--system-malloc]
 """
@@ -10,6 +11,7 @@ Goal (issue #2): ratio <= 1.05 for alphanet A0 at batch 32 and fmnist largest/sm
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 
@@ -41,7 +43,8 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
 def measure(space_name: str, which: str, batch: int, rounds: int, num_classes: int, channels_last: bool) -> dict:
     """Median supernet/extracted step-time ratio for one sub-network (both sides in the same memory layout)."""
     space = spaces.get(space_name)
-    arch = {"largest": space.largest(), "smallest": space.smallest()}.get(which) or space.arch_from_attentivenas(A0)
+    arch = {"largest": space.largest(), "smallest": space.smallest(), "random": space.sample(random.Random(0))}.get(
+        which) or space.arch_from_attentivenas(A0)
     net = Supernet(space, num_classes).train().set_channels_last(channels_last)
     net.set_active(arch)
     layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -85,9 +88,11 @@ def main() -> None:
     if not args.system_malloc:
         retain_freed_memory()
     torch.set_num_threads(args.threads)
-    cases = [("alphanet", "A0", 32, 1000, False), ("fmnist", "largest", 256, 10, False),
-             ("fmnist", "smallest", 256, 10, False), ("fmnist", "largest", 256, 10, True),
-             ("fmnist", "smallest", 256, 10, True)]
+    cases = [("alphanet", "A0", 32, 1000, False), ("alphanet", "A0", 8, 1000, False),
+             ("fmnist", "largest", 256, 10, False), ("fmnist", "smallest", 256, 10, False),
+             ("fmnist", "largest", 256, 10, True), ("fmnist", "smallest", 256, 10, True),
+             ("fmnist_choice", "random", 256, 10, False), ("fmnist_choice", "largest", 256, 10, False),
+             ("ennas_s1", "random", 32, 1000, False)]
     malloc = "system malloc" if args.system_malloc else "malloc keeping freed memory (the CLI's default)"
     print(f"dynamic overhead: supernet vs extracted train step, {args.rounds} interleaved rounds, "
           f"{args.threads} threads, {malloc}, torch {torch.__version__}")
@@ -100,8 +105,6 @@ def main() -> None:
 
 def analytic_cost_us(n: int = 1000) -> float:
     """Mean time of the analytic MACs/params count per random alphanet sub-network, in microseconds."""
-    import random
-
     from supernet.cost import cost
 
     space = spaces.get("alphanet")

@@ -7,7 +7,8 @@ import random
 import pytest
 import torch
 
-from supernet import Arch, SearchSpace, Supernet, spaces
+from net_helpers import elastic_arch
+from supernet import Supernet, spaces
 from supernet.cost import conv_out_size, cost, count_macs_by_hooks, count_params, macs, params
 
 # AlphaNet / AttentiveNAS published models and their reported MFLOPs (multiply-adds), 1000 classes.
@@ -116,8 +117,8 @@ def test_proxyless_gpu_space_reproduces_the_published_proxylessnas_gpu_network()
     d = space.to_dict()
     for st in d["stages"][1:6]:
         st["depths"] = [1, 2, 3, 4]
-    wider = SearchSpace.from_dict(d)
-    gpu = Arch(resolution=224, stem_width=40, widths=(24, 32, 56, 112, 128, 256, 432), depths=(1, 1, 2, 2, 3, 4, 1),
+    wider = spaces.from_dict(d)
+    gpu = elastic_arch(resolution=224, stem_width=40, widths=(24, 32, 56, 112, 128, 256, 432), depths=(1, 1, 2, 2, 3, 4, 1),
                kernels=((3,), (5,), (7, 3), (7, 5), (5, 3, 5), (7, 7, 7, 5), (7,)),
                expand_ratios=((1,), (3,), (3, 3), (6, 3), (6, 3, 3), (6, 6, 6, 6), (6,)), head_width=1728)
     c = cost(wider, wider.validate(gpu), 1000)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import random
 from collections import Counter
-from dataclasses import replace
 
 import pytest
 import torch
@@ -14,11 +13,12 @@ from hypothesis import strategies as hst
 from scipy.stats import chisquare
 from torch import nn
 
-from net_helpers import randomise_bn
+from net_helpers import kernels_of, randomise_bn, ratios_of, with_genes
 from supernet import Arch, SearchSpace, Supernet, spaces
 from supernet.training.diversity import (
     DiversitySampler,
     DiversityTable,
+    block_ops,
     calibrate,
     draw_operators,
     estimate_diversity,
@@ -57,7 +57,7 @@ def random_matrix(t: int, seed: int) -> torch.Tensor:
 
 def table_of(space: SearchSpace, make, seed: int = 0) -> DiversityTable:
     mats = [
-        [make(len(stage_ops(st)), seed + 10 * s + b) for b in range(max(st.depths))]
+        [make(len(block_ops(st, b)), seed + 10 * s + b) for b in range(max(st.depths))]
         for s, st in enumerate(space.stages)
     ]
     return DiversityTable.from_space(space, mats)
@@ -79,8 +79,9 @@ def trained_like() -> tuple[Supernet, DiversityTable]:
 
 
 def test_stage_ops_are_every_kernel_ratio_pair() -> None:
-    assert stage_ops(SPACE.stages[1]) == [(3, 3), (3, 4), (3, 6), (5, 3), (5, 4), (5, 6)]
-    assert stage_ops(SPACE.stages[0]) == [(3, 1), (5, 1)]
+    assert block_ops(SPACE.stages[1], 0) == [(3, 3), (3, 4), (3, 6), (5, 3), (5, 4), (5, 6)]
+    assert stage_ops(SPACE.stages[1]) == (tuple(block_ops(SPACE.stages[1], 0)),) * max(SPACE.stages[1].depths)
+    assert block_ops(SPACE.stages[0], 1) == [(3, 1), (5, 1)]
 
 
 def test_estimate_shapes_and_matrix_properties(trained_like) -> None:
@@ -88,7 +89,7 @@ def test_estimate_shapes_and_matrix_properties(trained_like) -> None:
     assert len(table.matrices) == len(SPACE.stages)
     for st, ops, blocks in zip(SPACE.stages, table.ops, table.matrices):
         t = len(st.kernels) * len(st.expand_ratios)
-        assert len(ops) == t and len(blocks) == max(st.depths)
+        assert all(len(o) == t for o in ops) and len(ops) == len(blocks) == max(st.depths)
         for d in blocks:
             assert d.shape == (t, t) and d.dtype == torch.float64
             assert torch.equal(d.diagonal(), torch.zeros(t, dtype=torch.float64))
@@ -112,9 +113,10 @@ def test_estimate_equals_direct_cosine_of_block_outputs(trained_like) -> None:
     handle = net.stages[1][0].register_forward_hook(lambda m, args, out: captured.__setitem__("y", out))
 
     def block_output(kernel: int, ratio: float) -> torch.Tensor:
-        kernels = (base.kernels[0], (kernel,) + base.kernels[1][1:], *base.kernels[2:])
-        ratios = (base.expand_ratios[0], (ratio,) + base.expand_ratios[1][1:], *base.expand_ratios[2:])
-        net.set_active(replace(base, kernels=kernels, expand_ratios=ratios))
+        ks, es = kernels_of(base), ratios_of(base)
+        kernels = (ks[0], (kernel,) + ks[1][1:], *ks[2:])
+        ratios = (es[0], (ratio,) + es[1][1:], *es[2:])
+        net.set_active(with_genes(base, kernels=kernels, expand_ratios=ratios))
         with torch.no_grad():
             net.eval()(x)
         return captured["y"].flatten(1).double()
@@ -125,7 +127,7 @@ def test_estimate_equals_direct_cosine_of_block_outputs(trained_like) -> None:
         handle.remove()
         net.set_active(base)
     expected = (1 - nn.functional.cosine_similarity(a, b, dim=1)).mean().item()
-    t, u = table.index(1, 5, 6), table.index(1, 3, 4)
+    t, u = table.index(1, 0, (5, 6)), table.index(1, 0, (3, 4))
     assert table.matrices[1][0][t, u].item() == pytest.approx(expected, rel=1e-4, abs=1e-7)
 
 
@@ -168,7 +170,7 @@ def test_untrained_supernet_has_zero_diversity_and_samples_uniformly() -> None:
 def test_single_operator_stage_gets_a_1x1_zero_matrix() -> None:
     spec = SPACE.to_dict()
     spec["stages"][0]["kernels"] = [3]
-    space = SearchSpace.from_dict(spec)
+    space = spaces.from_dict(spec)
     net = Supernet(space, num_classes=10)
     randomise(net)
     table = estimate_diversity(net, [images(3, 0)], space)
@@ -235,13 +237,13 @@ def slot_counts(sampler: DiversitySampler, draws: int, seed: int) -> dict[tuple[
         for i, arch in enumerate(sampler.sample(c)):
             for s in range(len(arch.depths)):
                 for b in range(arch.depths[s]):
-                    op = table.index(s, arch.kernels[s][b], arch.expand_ratios[s][b])
+                    op = table.index(s, b, arch.blocks[s][b])
                     counts.setdefault((s, b, i), Counter())[op] += 1
     return counts
 
 
 def p_values(counts: dict[tuple[int, int, int], Counter], table: DiversityTable) -> list[float]:
-    return [chisquare([c[o] for o in range(len(table.ops[s]))]).pvalue for (s, _, _), c in counts.items()]
+    return [chisquare([c[o] for o in range(len(table.ops[s][b]))]).pvalue for (s, b, _), c in counts.items()]
 
 
 def test_marginals_are_uniform_in_every_slot_and_calibration_is_needed() -> None:
@@ -277,12 +279,12 @@ def test_mean_pairwise_diversity_closed_form() -> None:
     d = torch.tensor([[0.0, 0.5, 1.5], [0.5, 0.0, 1.0], [1.5, 1.0, 0.0]], dtype=torch.float64)
     spec = SPACE.to_dict()
     spec["stages"] = [{**spec["stages"][0], "kernels": [3], "expand_ratios": [2, 4, 6], "depths": [1, 2]}]
-    space = SearchSpace.from_dict(spec)
+    space = spaces.from_dict(spec)
     table = DiversityTable.from_space(space, [[d, 2 * d]])
     base = space.largest()
 
     def arch(ratios: tuple) -> Arch:
-        return replace(base, depths=(len(ratios),), kernels=((3,) * len(ratios),), expand_ratios=(ratios,))
+        return with_genes(base, depths=(len(ratios),), kernels=((3,) * len(ratios),), expand_ratios=(ratios,))
 
     archs = [arch((2, 4)), arch((4, 6)), arch((6,))]
     # block 0: ops 0,1,2 -> pairs 0.5, 1.5, 1.0; block 1: ops 1,2 -> 2 * 1.0 (the third arch lacks it)
@@ -335,4 +337,4 @@ def test_sampling_a_space_the_table_does_not_cover_raises() -> None:
     spec = SPACE.to_dict()
     spec["stages"][1]["kernels"] = [3]
     with pytest.raises(ValueError, match="prepare"):
-        sampler.sample(ctx(0, SearchSpace.from_dict(spec)))
+        sampler.sample(ctx(0, spaces.from_dict(spec)))

@@ -17,6 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from net_helpers import elastic_arch
+from supernet import spaces
 from supernet.checkpoint import checkpoint_digest
 from supernet.data import DataBundle, DatasetError, Loader, TensorImageDataset, build_data, resize_batch
 from supernet.data.augment import Normalizer, PadCropFlip
@@ -58,7 +60,7 @@ BATCH = 16
 
 @pytest.fixture
 def space() -> SearchSpace:
-    return SearchSpace.from_dict(TINY_SPACE)
+    return spaces.from_dict(TINY_SPACE)
 
 
 @pytest.fixture
@@ -98,7 +100,7 @@ def make_bundle(train: int = 96, val: int | None = 40, test: int = 24, classes: 
 
 def middle_arch(space: SearchSpace) -> Arch:
     """An arch with sliced widths, mixed kernels and ratios (not an extreme of the space)."""
-    return Arch(
+    return elastic_arch(
         resolution=12,
         stem_width=4,
         widths=(16, 16),
@@ -515,7 +517,7 @@ def test_bad_arguments_are_rejected(net: Supernet, space: SearchSpace) -> None:
     with pytest.raises(ValueError, match="checkpoint_id"):
         Evaluator(net, make_bundle(), BATCH, "")
     evaluator = Evaluator(net, make_bundle(), BATCH, "ckpt")
-    outside = Arch(16, 4, (8, 16), (1, 1), ((3,), (3,)), ((1,), (2,)), 16)
+    outside = Arch(16, 4, (8, 16), (1, 1), (((3, 1),), ((3, 2),)), 16)
     with pytest.raises(ArchError):
         evaluator.evaluate(outside)
 

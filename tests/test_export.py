@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from net_helpers import elastic_arch
 from supernet import spaces
 from supernet.checkpoint import RunDir, RunDirError, checkpoint_digest, save_checkpoint
 from supernet.config import config_from_dict
@@ -36,7 +37,7 @@ def mixed_arch(space: SearchSpace) -> Arch:
     """Deepest blocks, kernels and ratios alternating per block, a stem narrower than stage 1 (conv shortcut)."""
     spec = space.spec
     depths = tuple(max(st.depths) for st in space.stages)
-    return Arch(
+    return elastic_arch(
         resolution=sorted(spec.resolutions)[len(spec.resolutions) // 2],
         stem_width=min(spec.stem.widths),
         widths=tuple(max(st.widths) for st in space.stages),
@@ -148,7 +149,7 @@ def test_arch_json_holds_everything_to_rebuild(
     paths = export(extracted, space, tmp_path / "out", card={})
     doc = json.loads(paths.arch.read_text())
     assert Arch.from_dict(doc["arch"]) == ARCH
-    assert SearchSpace.from_dict(doc["space"]) == space
+    assert spaces.from_dict(doc["space"]) == space
     assert (doc["num_classes"], doc["in_channels"]) == (CLASSES, CHANNELS)
     c = cost(space, ARCH, CLASSES, CHANNELS)
     assert doc["cost"] == {"macs": c.macs, "params": c.params}

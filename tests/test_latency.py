@@ -32,7 +32,7 @@ from supernet.search.latency import (
     measure_latency,
     space_layers,
 )
-from supernet.space import Arch, SearchSpace
+from supernet.space import Arch
 
 FAST = {"warmup": 1, "repeats": 3}
 
@@ -131,20 +131,12 @@ def all_archs(space) -> list[Arch]:
     for st in space.stages:
         options = []
         for width, depth in itertools.product(st.widths, st.depths):
-            for genes in itertools.product(itertools.product(st.kernels, st.expand_ratios), repeat=depth):
-                options.append((width, depth, tuple(g[0] for g in genes), tuple(g[1] for g in genes)))
+            for genes in itertools.product(*(st.block_choices(b) for b in range(depth))):
+                options.append((width, depth, genes))
         per_stage.append(options)
     spec = space.spec
     return [
-        Arch(
-            r,
-            stem,
-            tuple(o[0] for o in stages),
-            tuple(o[1] for o in stages),
-            tuple(o[2] for o in stages),
-            tuple(o[3] for o in stages),
-            head,
-        )
+        Arch(r, stem, tuple(o[0] for o in stages), tuple(o[1] for o in stages), tuple(o[2] for o in stages), head)
         for r, stem, head, stages in itertools.product(
             spec.resolutions, spec.stem.widths, spec.head.widths, itertools.product(*per_stage)
         )
@@ -153,7 +145,7 @@ def all_archs(space) -> list[Arch]:
 
 def test_space_layers_are_exactly_the_layers_of_all_sub_networks():
     """Brute force on a small space with odd resolutions, an identity-shortcut stage and fractional ratios."""
-    small = SearchSpace.from_dict(
+    small = spaces.from_dict(
         {
             "name": "small",
             "in_channels": 3,

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from net_helpers import randomise_bn
+from net_helpers import randomise_bn, with_genes
 from supernet import Arch, SearchSpace, Supernet, spaces
 from supernet.training.reorder import channel_order, permute_channels, reorder_channels
 
@@ -43,7 +43,7 @@ MIXED = {
 
 
 def space_of(name: str) -> SearchSpace:
-    return SearchSpace.from_dict(MIXED) if name == "mixed" else spaces.get(name)
+    return spaces.from_dict(MIXED) if name == "mixed" else spaces.get(name)
 
 
 def build(name: str, kernel_transform: bool = False, seed: int = 0) -> Supernet:
@@ -57,14 +57,12 @@ def build(name: str, kernel_transform: bool = False, seed: int = 0) -> Supernet:
 def widest(space: SearchSpace, arch: Arch, ratios: bool) -> Arch:
     """`arch` with every width at its maximum (and every expand ratio too when `ratios`)."""
     stages = space.stages
-    return dataclasses.replace(
-        arch,
-        stem_width=max(space.spec.stem.widths),
-        widths=tuple(max(s.widths) for s in stages),
-        expand_ratios=tuple((max(s.expand_ratios),) * d for s, d in zip(stages, arch.depths))
-        if ratios
-        else arch.expand_ratios,
+    wide = dataclasses.replace(
+        arch, stem_width=max(space.spec.stem.widths), widths=tuple(max(s.widths) for s in stages)
     )
+    if not ratios:
+        return wide
+    return with_genes(wide, expand_ratios=tuple((max(s.expand_ratios),) * d for s, d in zip(stages, arch.depths)))
 
 
 def run(net: Supernet, arch: Arch, x: Tensor) -> Tensor:
@@ -172,7 +170,7 @@ def test_reorder_moves_smaller_subnets_and_is_idempotent(expand: bool, width: bo
     smaller = space.largest()  # narrower in whatever the phase sorted: the first channels are others now
     if expand:
         ratios = tuple((min(s.expand_ratios),) * d for s, d in zip(space.stages, smaller.depths))
-        smaller = dataclasses.replace(smaller, expand_ratios=ratios)
+        smaller = with_genes(smaller, expand_ratios=ratios)
     if width:
         widths = tuple(min(s.widths) for s in space.stages)
         smaller = dataclasses.replace(smaller, stem_width=min(space.spec.stem.widths), widths=widths)
@@ -312,7 +310,7 @@ def test_a_later_resort_keeps_every_trained_subnet(name: str) -> None:
     space = net.space
     trained = space.restrict(width=1)  # every kernel, depth and expand ratio, at the largest widths
     before = copy.deepcopy(net)
-    smallest_ratio = dataclasses.replace(
+    smallest_ratio = with_genes(
         trained.largest(), expand_ratios=tuple((min(s.expand_ratios),) * d for s, d in zip(space.stages,
                                                                                        trained.largest().depths))
     )

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from net_helpers import ratios_of
 from supernet import spaces
 from supernet.cost import macs
 from supernet.training.samplers import (
@@ -42,7 +43,7 @@ def test_compound_couples_depth_and_expand_ratio() -> None:
         arch = sample_compound(SPACE, rng)
         assert SPACE.contains(arch)
         for s, st in enumerate(SPACE.stages):
-            ratios = set(arch.expand_ratios[s])
+            ratios = set(ratios_of(arch)[s])
             assert len(ratios) == 1  # one ratio per stage
             levels = max(len(st.depths), len(st.expand_ratios))
             d_level = st.depths.index(arch.depths[s])

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from supernet import spaces
 from supernet.nn.widths import make_divisible
-from supernet.space import Arch, ArchError, SearchSpace, SpaceError
+from supernet.space import Arch, ArchError, SpaceError
 
 PRESETS = spaces.names()
 seeds = st.integers(min_value=0, max_value=2**32 - 1)
@@ -40,7 +40,8 @@ def tiny_space_dict() -> dict:
 
 
 def test_presets_are_listed_and_load() -> None:
-    assert PRESETS == ["alphanet", "fmnist", "ofa_mbv3", "proxyless_gpu"]
+    assert PRESETS == ["alphanet", "ennas_s1", "ennas_s2", "ennas_s3", "fmnist", "fmnist_choice", "ofa_mbv3", "proxyless_gpu",
+                       "spos_shufflenet"]
     for name in PRESETS:
         assert spaces.get(name).name == name
 
@@ -72,7 +73,7 @@ def test_ofa_preset_size_matches_paper() -> None:
 
 
 def test_size_counts_distinct_subnetworks_exhaustively() -> None:
-    space = SearchSpace.from_dict(tiny_space_dict())
+    space = spaces.from_dict(tiny_space_dict())
     rng = random.Random(0)
     seen = {space.sample(rng) for _ in range(4000)}
     # 2 res * (2 widths * (4 + 16)) * (1 * 1) = 80 distinct sub-networks
@@ -93,21 +94,21 @@ def test_size_counts_distinct_subnetworks_exhaustively() -> None:
 def test_space_validation_errors_name_the_key(patch: dict, message: str) -> None:
     d = tiny_space_dict() | patch
     with pytest.raises(SpaceError, match=message.replace(".", r"\.").replace("(", r"\(")):
-        SearchSpace.from_dict(d)
+        spaces.from_dict(d)
 
 
 def test_stage_errors_name_the_stage() -> None:
     d = tiny_space_dict()
     d["stages"][1]["kernels"] = [4]
     with pytest.raises(SpaceError, match=r"stages\.1\.kernels: kernels must be odd"):
-        SearchSpace.from_dict(d)
+        spaces.from_dict(d)
     d["stages"][1]["kernels"] = [3]
     d["stages"][0]["widths"] = []
     with pytest.raises(SpaceError, match=r"stages\.0\.widths: widths must list at least one choice"):
-        SearchSpace.from_dict(d)
+        spaces.from_dict(d)
     del d["stages"][0]["widths"]
     with pytest.raises(SpaceError, match=r"missing key 'stages\.0\.widths'"):
-        SearchSpace.from_dict(d)
+        spaces.from_dict(d)
 
 
 def test_from_yaml_round_trip_and_errors(tmp_path) -> None:
@@ -115,14 +116,14 @@ def test_from_yaml_round_trip_and_errors(tmp_path) -> None:
 
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(tiny_space_dict()))
-    space = SearchSpace.from_yaml(path)
-    assert space == SearchSpace.from_dict(space.to_dict())
+    space = spaces.from_yaml(path)
+    assert space == spaces.from_dict(space.to_dict())
     assert spaces.get(str(path)) == space
     with pytest.raises(SpaceError, match="missing.yaml"):
-        SearchSpace.from_yaml(tmp_path / "missing.yaml")
+        spaces.from_yaml(tmp_path / "missing.yaml")
     (tmp_path / "bad.yaml").write_text("stem: [unclosed")
     with pytest.raises(SpaceError, match="not valid YAML"):
-        SearchSpace.from_yaml(tmp_path / "bad.yaml")
+        spaces.from_yaml(tmp_path / "bad.yaml")
     with pytest.raises(SpaceError, match="unknown search space 'nope'"):
         spaces.get("nope")
 
@@ -132,8 +133,8 @@ def test_largest_and_smallest_are_extremes() -> None:
     big, small = space.largest(), space.smallest()
     assert big.depths == (2, 5, 6, 6, 8, 8, 2) and big.resolution == 288 and big.head_width == 1984
     assert small.depths == (1, 3, 3, 3, 3, 3, 1) and small.resolution == 192
-    assert all(k == 5 for ks in big.kernels for k in ks)
-    assert all(k == 3 for ks in small.kernels for k in ks)
+    assert all(g[0] == 5 for bs in big.blocks for g in bs)
+    assert all(g[0] == 3 for bs in small.blocks for g in bs)
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -149,8 +150,9 @@ def test_sample_mutate_crossover_stay_in_space(name: str, seed: int) -> None:
     assert space.contains(child)
     for s in range(len(space.stages)):
         assert child.depths[s] in (a.depths[s], b.depths[s])
-        for i, k in enumerate(child.kernels[s]):
-            assert k in [p.kernels[s][i] for p in (a, b) if i < p.depths[s]]
+        for i, gene in enumerate(child.blocks[s]):
+            for g in range(len(gene)):
+                assert gene[g] in [p.blocks[s][i][g] for p in (a, b) if i < p.depths[s]]
 
 
 @settings(max_examples=60, deadline=None)
@@ -194,7 +196,7 @@ def test_validate_explains_what_is_out_of_space() -> None:
     with pytest.raises(ArchError, match=r"resolution 100 is not in the space's choices \[192, 224, 256, 288\]"):
         space.validate(Arch.from_dict(arch))
     arch = space.smallest().to_dict()
-    arch["kernels"][2][1] = 7
+    arch["blocks"][2][1][0] = 7
     with pytest.raises(ArchError, match=r"stage 2 block 1 kernel 7"):
         space.validate(Arch.from_dict(arch))
     with pytest.raises(ArchError, match="7 stages"):
@@ -202,8 +204,10 @@ def test_validate_explains_what_is_out_of_space() -> None:
 
 
 def test_arch_construction_errors() -> None:
-    with pytest.raises(ArchError, match="stage 0 has depth 2 but 1 kernels"):
-        Arch(224, 16, (16,), (2,), ((3,),), ((1, 1),), 100)
+    with pytest.raises(ArchError, match="stage 0 has depth 2 but 1 blocks"):
+        Arch(224, 16, (16,), (2,), (((3, 1),),), 100)
+    with pytest.raises(ArchError, match="block's genes must be a list"):
+        Arch(224, 16, (16,), (1,), ((3,),), 100)
     with pytest.raises(ArchError, match=r"missing \['head_width'\]"):
         Arch.from_dict({k: v for k, v in spaces.get("fmnist").smallest().to_dict().items() if k != "head_width"})
     with pytest.raises(ArchError, match="arch_from_attentivenas"):
@@ -215,7 +219,7 @@ def test_attentivenas_import() -> None:
     arch = space.arch_from_attentivenas(A0)
     assert arch.resolution == 192 and arch.stem_width == 16 and arch.head_width == 1792
     assert arch.widths == (16, 24, 32, 64, 112, 192, 216)
-    assert arch.kernels[1] == (3, 3, 3) and arch.expand_ratios[5] == (6, 6, 6)
+    assert arch.blocks[1] == ((3, 4),) * 3 and arch.blocks[5] == ((3, 6),) * 3
     bad = dict(A0, depth=[1, 3, 3])
     with pytest.raises(ArchError, match="depth/kernel_size/expand_ratio of length 7"):
         space.arch_from_attentivenas(bad)
@@ -224,9 +228,18 @@ def test_attentivenas_import() -> None:
 
 
 def test_ratios_are_normalised_for_hashing() -> None:
-    a = Arch(28, 8, (8,), (1,), ((3,),), ((4.0,),), 32)
-    b = Arch(28, 8, (8,), (1,), ((3,),), ((4,),), 32)
-    assert a == b and hash(a) == hash(b) and a.to_dict()["expand_ratios"] == [[4]]
+    a = Arch(28, 8, (8,), (1,), (((3, 4.0),),), 32)
+    b = Arch(28, 8, (8,), (1,), (((3, 4),),), 32)
+    assert a == b and hash(a) == hash(b) and a.to_dict()["blocks"] == [[[3, 4]]]
+
+
+def test_archs_saved_before_block_families_still_load() -> None:
+    legacy = {"resolution": 28, "stem_width": 16, "widths": [16, 32], "depths": [2, 1], "kernels": [[3, 5], [3]],
+              "expand_ratios": [[4, 6], [3]], "head_width": 128}
+    arch = Arch.from_dict(legacy)
+    assert arch.blocks == (((3, 4), (5, 6)), ((3, 3),)) and Arch.from_json(arch.to_json()) == arch
+    with pytest.raises(ArchError, match="do not pair up"):
+        Arch.from_dict({**legacy, "kernels": [[3], [3]]})
 
 
 def test_make_divisible() -> None:

@@ -13,13 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from supernet.nn.widths import block_mid_channels, head_mid_channels, se_width
-from supernet.space import Arch, SearchSpace, StageSpec
-
-
-def conv_out_size(size: int, kernel: int, stride: int) -> int:
-    """Output side of a 'same'-padded conv (padding kernel // 2): ceil(size / stride) for odd kernels."""
-    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+from supernet.families.base import FamilyStage
+from supernet.nn.widths import conv_out_size, head_mid_channels
+from supernet.space import Arch, SearchSpace
 
 
 @dataclass(frozen=True)
@@ -30,46 +26,35 @@ class Cost:
     params: int
 
 
-def block_cost(stage: StageSpec, block: int, c_in: int, width: int, size: int, kernel: int, ratio: float) -> tuple[int, int, int]:
-    """(MACs, params, output side) of block `block` of a stage on a `size` x `size` input of `c_in` channels."""
-    stride = stage.stride if block == 0 else 1
-    mid = block_mid_channels(c_in, ratio)
-    out_size = conv_out_size(size, kernel, stride)
-    macs = params = 0
-    if ratio != 1:
-        macs += c_in * mid * size * size
-        params += c_in * mid + 2 * mid
-    macs += mid * kernel * kernel * out_size * out_size
-    params += mid * kernel * kernel + 2 * mid
-    if stage.se:
-        r = se_width(mid)
-        macs += 2 * mid * r
-        params += 2 * mid * r + mid + r
-    macs += mid * width * out_size * out_size
-    params += mid * width + 2 * width
-    if stage.shortcut == "conv" and c_in != width:
-        macs += c_in * width * out_size * out_size
-        params += c_in * width
-    return macs, params, out_size
+def _family(stage: object) -> FamilyStage:
+    if not isinstance(stage, FamilyStage):
+        raise TypeError(f"stage family {getattr(stage, 'family', stage)!r} has no cost model")
+    return stage
+
+
+def stem_cost(space: SearchSpace, resolution: int, width: int, in_channels: int) -> tuple[int, int, int]:
+    """(MACs, params, output side) of the stem conv."""
+    k, s = space.spec.stem.kernel, space.spec.stem.stride
+    size = conv_out_size(resolution, k, s)
+    macs, params = in_channels * width * k * k * size * size, in_channels * width * k * k + 2 * width
+    return macs, params, size
 
 
 def cost(space: SearchSpace, arch: Arch, num_classes: int, in_channels: int | None = None) -> Cost:
-    """Analytic MACs and parameter count of `arch`, without building or running it."""
+    """Analytic MACs and parameter count of `arch`, without building or running it.
+
+    Each stage's blocks are counted by their block family (`FamilyStage.block_cost`).
+    """
     spec = space.spec
     c_in = space.in_channels if in_channels is None else in_channels
-    k, s = spec.stem.kernel, spec.stem.stride
-    size = conv_out_size(arch.resolution, k, s)
+    macs, params, size = stem_cost(space, arch.resolution, arch.stem_width, c_in)
     c = arch.stem_width
-    macs = c_in * c * k * k * size * size
-    params = c_in * c * k * k + 2 * c
-    for st, width, depth, kernels, ratios in zip(
-        spec.stages, arch.widths, arch.depths, arch.kernels, arch.expand_ratios
-    ):
-        for b in range(depth):
-            block_macs, block_params, size = block_cost(st, b, c, width, size, kernels[b], ratios[b])
+    for s, st in enumerate(spec.stages):
+        for b, gene in enumerate(arch.blocks[s]):
+            block_macs, block_params, size = _family(st).block_cost(b, c, arch.widths[s], size, gene)
             macs += block_macs
             params += block_params
-            c = width
+            c = arch.widths[s]
     head = spec.head
     mid = head_mid_channels(head.mix, head.expand_ratio, c, arch.head_width)
     macs += c * mid * size * size + arch.head_width * num_classes

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 import supernet
+from supernet import spaces
 from supernet.checkpoint import state_mismatch
 from supernet.cost import cost
 from supernet.evaluation import EvalResult
@@ -145,7 +146,7 @@ def load_subnet(path: str | os.PathLike[str]) -> StaticNet:
     root = _export_root(path)
     doc = _read_doc(root)
     try:
-        space = SearchSpace.from_dict(doc["space"], source=f"{root / ARCH_FILE} (space)")
+        space = spaces.from_dict(doc["space"], source=f"{root / ARCH_FILE} (space)")
         arch = space.validate(Arch.from_dict(doc["arch"]))
     except (SpaceError, ArchError) as err:
         raise ExportError(f"{root / ARCH_FILE}: {err}; {_REEXPORT}") from None
@@ -396,13 +397,10 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
-def _choices(values: list) -> str:
-    return ",".join(str(v) for v in values)
-
-
 def _model_card(doc: dict[str, Any], where: str) -> str:
     """MODEL_CARD.md text from an arch.json document; `where` is the directory shown in the snippets."""
     arch, space, card = doc["arch"], doc["space"], doc["card"]
+    parsed, parsed_arch = spaces.from_dict(space, source="arch.json space"), Arch.from_dict(arch)
     c, r, n = doc["in_channels"], arch["resolution"], doc["num_classes"]
     macs, params = doc["cost"]["macs"], doc["cost"]["params"]
     lines = [
@@ -455,14 +453,13 @@ def _model_card(doc: dict[str, Any], where: str) -> str:
         f"- input resolution {r}, {c} channel(s), {n} classes",
         f"- stem: width {arch['stem_width']}, kernel {stem['kernel']}, stride {stem['stride']}, {stem['activation']}",
         "",
-        "| stage | width | depth | kernels | expand ratios | stride | SE | activation |",
-        "|---:|---:|---:|---|---|---:|---|---|",
+        "| stage | width | depth | blocks | stride | choices |",
+        "|---:|---:|---:|---|---:|---|",
     ]
-    for s, stage in enumerate(space["stages"]):
+    for s, stage in enumerate(parsed.stages):
         lines.append(
-            f"| {s + 1} | {arch['widths'][s]} | {arch['depths'][s]} | {_choices(arch['kernels'][s])} "
-            f"| {_choices(arch['expand_ratios'][s])} | {stage['stride']} | {'yes' if stage['se'] else 'no'} "
-            f"| {stage['activation']} |"
+            f"| {s + 1} | {arch['widths'][s]} | {arch['depths'][s]} | {stage.genes_text(parsed_arch.stage(s))} "
+            f"| {stage.stride} | {stage.describe()} |"
         )
     lines += [
         "",

@@ -5,18 +5,28 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from supernet.nn.dynamic_blocks import DynamicConvBnAct, DynamicHead, DynamicMBConv
-from supernet.nn.static import Head, MBConv, StaticNet, conv_bn_act
+from supernet.families.base import FamilyStage
+from supernet.nn.dynamic_blocks import DynamicConvBnAct, DynamicHead
+from supernet.nn.static import Head, StaticNet, conv_bn_act
 from supernet.nn.widths import expanded_width, head_mid_channels
 from supernet.space import Arch, SearchSpace
+
+
+def _family_stages(space: SearchSpace) -> list[FamilyStage]:
+    stages = space.stages
+    for s, st in enumerate(stages):
+        if not isinstance(st, FamilyStage):  # a space parsed with a registry of non-building stages
+            raise TypeError(f"stage {s} ({st.family}) cannot build modules; parse the space with supernet.spaces")
+    return stages  # type: ignore[return-value]
 
 
 class Supernet(nn.Module):
     """All sub-networks of `space` in one module; `set_active(arch)` picks the one `forward` runs.
 
-    Regularisation for training (the trainer sets these for the largest sub-network only):
-    `dropout_rate` before the classifier, `drop_connect_rate` on residual blocks (scaled by block
-    depth as in AttentiveNAS), drawing from `noise_generator` when given.
+    Each stage's blocks come from its block family (`supernet.families`). Regularisation for training
+    (the trainer sets these for the largest sub-network only): `dropout_rate` before the classifier,
+    `drop_connect_rate` on residual blocks (scaled by block depth as in AttentiveNAS), drawing from
+    `noise_generator` when given.
     """
 
     def __init__(
@@ -35,24 +45,10 @@ class Supernet(nn.Module):
         self.stem = DynamicConvBnAct(
             self.in_channels, max(spec.stem.widths), spec.stem.kernel, spec.stem.stride, spec.stem.activation
         )
+        self.families = _family_stages(space)
         stages, prev_widths = [], spec.stem.widths
-        for st in spec.stages:
-            blocks = []
-            for b in range(max(st.depths)):
-                blocks.append(
-                    DynamicMBConv(
-                        prev_widths if b == 0 else st.widths,
-                        st.widths,
-                        st.kernels,
-                        st.expand_ratios,
-                        st.stride if b == 0 else 1,
-                        st.se,
-                        st.activation,
-                        st.shortcut,
-                        kernel_transform,
-                    )
-                )
-            stages.append(nn.ModuleList(blocks))
+        for st in self.families:
+            stages.append(nn.ModuleList(st.dynamic_blocks(prev_widths, kernel_transform)))
             prev_widths = st.widths
         self.stages = nn.ModuleList(stages)
         last = max(prev_widths)
@@ -77,21 +73,17 @@ class Supernet(nn.Module):
             if isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        # Zero-init the last BN of each always-residual block so it starts as identity (BigNAS);
-        # blocks without a shortcut keep gamma = 1 or they would pass nothing on.
-        for stage in self.stages:
-            for b, block in enumerate(stage):
-                if b > 0 or block.shortcut_kind == "conv":
-                    nn.init.zeros_(block.project_bn.weight)
+        for st, blocks in zip(self.families, self.stages):
+            st.reset_parameters(list(blocks))
         nn.init.normal_(self.head.classifier.weight, std=0.01)
         nn.init.zeros_(self.head.classifier.bias)
 
     def set_active(self, arch: Arch) -> None:
         """Make `arch` the sub-network that `forward` runs (raises ArchError if it is out of space)."""
         self.space.validate(arch)
-        for s, stage in enumerate(self.stages):
-            for b in range(arch.depths[s]):
-                stage[b].configure(arch.widths[s], arch.kernels[s][b], arch.expand_ratios[s][b])
+        for s, (st, stage) in enumerate(zip(self.families, self.stages)):
+            for b, gene in enumerate(arch.blocks[s]):
+                st.configure(stage[b], arch.widths[s], gene)
         self.active_arch = arch
 
     def set_channels_last(self, enabled: bool = True) -> Supernet:
@@ -123,9 +115,9 @@ class Supernet(nn.Module):
             net = build_static(self.space, arch, self.num_classes, self.in_channels)
         self.stem.copy_to(net.stem)
         blocks = iter(net.blocks)
-        for stage, depth in zip(self.stages, arch.depths):
-            for b in range(depth):
-                stage[b].copy_to(next(blocks))
+        for s, (st, stage) in enumerate(zip(self.families, self.stages)):
+            for b, gene in enumerate(arch.blocks[s]):
+                st.copy_block(stage[b], next(blocks), gene)
         self.head.copy_to(net.head)
         ref = next(self.parameters())
         return net.to(device=ref.device, dtype=ref.dtype).train(self.training)
@@ -137,24 +129,14 @@ def build_static(
     """A freshly initialised static network of `arch` (weights are copied in by `Supernet.extract`)."""
     space.validate(arch)
     in_channels = space.in_channels if in_channels is None else in_channels
-    stem = conv_bn_act(in_channels, arch.stem_width, space.spec.stem.kernel, space.spec.stem.stride, space.spec.stem.activation)
+    spec = space.spec
+    stem = conv_bn_act(in_channels, arch.stem_width, spec.stem.kernel, spec.stem.stride, spec.stem.activation)
     blocks, c = [], arch.stem_width
-    for s, st in enumerate(space.stages):
-        for b in range(arch.depths[s]):
-            blocks.append(
-                MBConv(
-                    c,
-                    arch.widths[s],
-                    arch.kernels[s][b],
-                    arch.expand_ratios[s][b],
-                    st.stride if b == 0 else 1,
-                    st.se,
-                    st.activation,
-                    st.shortcut,
-                )
-            )
+    for s, st in enumerate(_family_stages(space)):
+        for b, gene in enumerate(arch.blocks[s]):
+            blocks.append(st.static_block(b, c, arch.widths[s], gene))
             c = arch.widths[s]
-    head_spec = space.spec.head
+    head_spec = spec.head
     mid = head_mid_channels(head_spec.mix, head_spec.expand_ratio, c, arch.head_width)
     head = Head(c, mid, arch.head_width, num_classes, head_spec.activation, dropout, mix=head_spec.mix)
     return StaticNet(stem, blocks, head)

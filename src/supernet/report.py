@@ -20,6 +20,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from supernet.fileio import atomic_write_bytes, atomic_write_text
 from supernet.search.front_file import FrontFileError, read_front
 from supernet.search.pareto import READINGS
+from supernet.space import Arch, ArchError
 from supernet.training.metrics import PASS_KINDS, read_metrics_checked
 
 ACCURACY_PLOT = "accuracy_vs_macs.png"
@@ -554,23 +555,24 @@ def _numbers(values: Any) -> str:
     return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
 
+def _stage_text(width: int, genes: tuple) -> str:
+    if all(len(g) == 2 and not any(isinstance(v, str) for v in g) for g in genes):  # elastic MBConv (kernel, ratio)
+        return f"d{len(genes)} w{width} k{_numbers(g[0] for g in genes)} e{_numbers(g[1] for g in genes)}"
+    return f"d{len(genes)} w{width} " + ",".join("/".join(str(v) for v in g) for g in genes)
+
+
 def arch_text(arch: dict[str, Any]) -> str:
     """A readable one-line summary of an architecture dict: resolution, stem, one bracket per stage, head.
 
-    Each stage reads `d<depth> w<width> k<kernel per block> e<expand ratio per block>`; a dict of another
-    shape is shown as compact JSON.
+    An elastic MBConv stage reads `d<depth> w<width> k<kernel per block> e<expand ratio per block>`, a
+    choice stage `d<depth> w<width> <operator per block>`; a dict of another shape is shown as compact JSON.
     """
-    keys = ("resolution", "stem_width", "widths", "depths", "kernels", "expand_ratios", "head_width")
-    if not isinstance(arch, dict) or any(k not in arch for k in keys):
-        return json.dumps(arch, separators=(",", ":"))
     try:
-        stages = [
-            f"[d{d} w{w} k{_numbers(k)} e{_numbers(e)}]"
-            for w, d, k, e in zip(arch["widths"], arch["depths"], arch["kernels"], arch["expand_ratios"], strict=True)
-        ]
-    except (TypeError, ValueError):
+        parsed = Arch.from_dict(arch)
+    except ArchError:
         return json.dumps(arch, separators=(",", ":"))
-    return f"{arch['resolution']}px · stem {arch['stem_width']} · {' '.join(stages)} · head {arch['head_width']}"
+    stages = [f"[{_stage_text(w, genes)}]" for w, genes in zip(parsed.widths, parsed.blocks)]
+    return f"{parsed.resolution}px · stem {parsed.stem_width} · {' '.join(stages)} · head {parsed.head_width}"
 
 
 def _arch(c: dict[str, Any] | None) -> str:

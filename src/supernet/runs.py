@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from supernet import spaces
 from supernet.checkpoint import (
     RunDir,
     RunDirError,
@@ -46,7 +47,7 @@ def load_supernet(
         path = run.latest
     state = load_checkpoint(path, map_location)
     require_keys(state, path)
-    space = SearchSpace.from_dict(state["space"], source=f"{path} (saved space)")
+    space = spaces.from_dict(state["space"], source=f"{path} (saved space)")
     config = config_from_dict(state["config"], source=f"{path} (saved config)").model_dump(mode="json")
     # Initial weights are overwritten below; fork the RNG so loading does not shift the caller's random stream.
     with torch.random.fork_rng(devices=[]):

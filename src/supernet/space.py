@@ -1,15 +1,28 @@
-"""Search spaces of MBConv supernets and the architectures (`Arch`) sampled from them."""
+"""The space core: `SearchSpace`, the `Arch` sampled from it, and the block-family protocol its stages implement.
+
+The core knows no family: a stage's genes, sampling and validation belong to its `StageSpec` subclass
+(`supernet.families`), and parsing a space takes the `Families` registry to look them up.
+"""
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Activation = Literal["relu", "relu6", "swish", "h_swish"]
 
@@ -22,7 +35,8 @@ class ArchError(ValueError):
     """An architecture is malformed or lies outside its search space."""
 
 
-def _positive_unique(values: list, what: str) -> list:
+def positive_unique(values: list, what: str) -> list:
+    """Validate a list of positive, distinct choices and return it ascending (a schema helper for families)."""
     if not values:
         raise ValueError(f"{what} must list at least one choice")
     if any(v <= 0 for v in values):
@@ -32,11 +46,13 @@ def _positive_unique(values: list, what: str) -> list:
     return sorted(values)
 
 
-class _Spec(BaseModel):
+class Spec(BaseModel):
+    """Base of the schema models: unknown keys are errors, instances are immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class StemSpec(_Spec):
+class StemSpec(Spec):
     """The first convolution: width choices, kernel, stride, activation."""
 
     widths: list[int]
@@ -47,7 +63,7 @@ class StemSpec(_Spec):
     @field_validator("widths")
     @classmethod
     def _widths(cls, v: list[int]) -> list[int]:
-        return _positive_unique(v, "widths")
+        return positive_unique(v, "widths")
 
     @field_validator("kernel", "stride")
     @classmethod
@@ -57,34 +73,29 @@ class StemSpec(_Spec):
         return v
 
 
-class StageSpec(_Spec):
-    """One stage of MBConv blocks and its elastic choices."""
+Gene = tuple
+"""One block's genes: a tuple of ints, floats or strings whose meaning its family defines."""
 
-    widths: list[int]
-    depths: list[int]
-    kernels: list[int]
-    expand_ratios: list[float]
+
+class StageGenes(NamedTuple):
+    """What an `Arch` records for one stage: its output width and one gene tuple per active block."""
+
+    width: int
+    blocks: tuple[Gene, ...]
+
+
+class StageSpec(Spec):
+    """A stage of blocks from one block family: the protocol every family's stage spec implements.
+
+    The space core calls only these methods, so it never knows which families exist. A family subclasses
+    this (adding its YAML fields) in `supernet.families` and implements the genes below; the same class
+    also supplies the family's modules, cost, latency layers and predictor encoding (see
+    `supernet.families.base.FamilyStage`). Every stage also has `widths` and `depths`, its output-width
+    and depth choices in ascending order (fields or properties, as the family prefers).
+    """
+
+    family: str
     stride: int = 1
-    se: bool = False
-    activation: Activation = "swish"
-    shortcut: Literal["conv", "identity"] = Field(
-        "conv",
-        description="conv: every block is residual (avg-pool + 1x1 conv when the shape changes, AttentiveNAS); "
-        "identity: residual only when the shape is unchanged (OFA).",
-    )
-
-    @field_validator("widths", "depths", "expand_ratios")
-    @classmethod
-    def _choices(cls, v: list, info: Any) -> list:
-        return _positive_unique(v, info.field_name)
-
-    @field_validator("kernels")
-    @classmethod
-    def _kernels(cls, v: list[int]) -> list[int]:
-        v = _positive_unique(v, "kernels")
-        if any(k % 2 == 0 for k in v):
-            raise ValueError(f"kernels must be odd, got {v}")
-        return v
 
     @field_validator("stride")
     @classmethod
@@ -93,8 +104,85 @@ class StageSpec(_Spec):
             raise ValueError(f"stride must be 1 or 2, got {v}")
         return v
 
+    def check_input(self, in_widths: list[int], where: str) -> None:
+        """Raise SpaceError unless the stage can follow a layer whose width is one of `in_widths`."""
 
-class HeadSpec(_Spec):
+    def block_choices(self, block: int) -> list[Gene]:
+        """Every gene that block `block` may take."""
+        raise NotImplementedError
+
+    def largest(self) -> StageGenes:
+        """The stage's most expensive configuration."""
+        raise NotImplementedError
+
+    def smallest(self) -> StageGenes:
+        """The stage's cheapest configuration."""
+        raise NotImplementedError
+
+    def sample(self, rng: random.Random) -> StageGenes:
+        """A configuration drawn uniformly per gene."""
+        raise NotImplementedError
+
+    def mutate(self, genes: StageGenes, prob: float, rng: random.Random) -> StageGenes:
+        """Resample each gene with probability `prob`."""
+        raise NotImplementedError
+
+    def crossover(self, a: StageGenes, b: StageGenes, rng: random.Random) -> StageGenes:
+        """Each gene from either parent with equal probability."""
+        raise NotImplementedError
+
+    def check(self, genes: StageGenes, where: str) -> None:
+        """Raise ArchError (mentioning `where`) unless `genes` lie in this stage."""
+        raise NotImplementedError
+
+    def size(self) -> int:
+        """Number of distinct configurations of the stage."""
+        raise NotImplementedError
+
+    def restricted(self, kernel: int | None, depth: int | None, expand: int | None, width: int | None) -> StageSpec:
+        """The stage keeping only the `n` largest choices of each named dimension (None: all)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line of `SearchSpace.describe`'s table (after the stage number)."""
+        raise NotImplementedError
+
+    def genes_text(self, genes: StageGenes) -> str:
+        """A short readable summary of one stage of an architecture."""
+        raise NotImplementedError
+
+
+def top_choices(choices: list, n: int | None) -> list:
+    """The `n` largest of ascending `choices` (all when `n` is None): what `restrict` keeps."""
+    if n is not None and n < 1:
+        raise SpaceError(f"restrict keeps at least 1 choice per dimension, got {n}")
+    return choices if n is None else choices[-n:]
+
+
+class Families:
+    """The block families a space may use, by name; stages without a `family` key get `default`."""
+
+    def __init__(self, members: dict[str, type[StageSpec]], default: str) -> None:
+        if default not in members:
+            raise ValueError(f"default family {default!r} is not among {sorted(members)}")
+        self._members = dict(members)
+        self.default = default
+
+    def names(self) -> list[str]:
+        """The registered family names."""
+        return sorted(self._members)
+
+    def stage(self, d: Any, index: int) -> StageSpec:
+        """Validate one stage dict with its family's schema (ValidationError locations start at the stage)."""
+        if not isinstance(d, dict):
+            raise SpaceError(f"stages.{index}: expected a mapping, got {type(d).__name__}")
+        name = d.get("family", self.default)
+        if name not in self._members:
+            raise SpaceError(f"stages.{index}.family: unknown block family {name!r}; families are {self.names()}")
+        return self._members[name].model_validate({**d, "family": name})
+
+
+class HeadSpec(Spec):
     """Head: 1x1 expand conv (BN + act), global pool, 1x1 conv (act, no BN), linear classifier.
 
     With `mix: false` it is the MobileNetV2 / ProxylessNAS head instead: a 1x1 conv (BN + act) to one of
@@ -109,7 +197,7 @@ class HeadSpec(_Spec):
     @field_validator("widths")
     @classmethod
     def _widths(cls, v: list[int]) -> list[int]:
-        return _positive_unique(v, "widths")
+        return positive_unique(v, "widths")
 
     @field_validator("expand_ratio")
     @classmethod
@@ -119,7 +207,7 @@ class HeadSpec(_Spec):
         return v
 
 
-class SpaceSpec(_Spec):
+class SpaceSpec(Spec):
     """The full, validated description of a search space (what a preset YAML holds)."""
 
     name: str = "custom"
@@ -127,14 +215,14 @@ class SpaceSpec(_Spec):
     in_channels: int = 3
     num_classes: int = Field(1000, description="classes of the task the preset is designed for (summaries' default)")
     stem: StemSpec
-    stages: list[StageSpec]
+    stages: list[SerializeAsAny[StageSpec]]
     head: HeadSpec
     resolutions: list[int]
 
     @field_validator("resolutions")
     @classmethod
     def _resolutions(cls, v: list[int]) -> list[int]:
-        return _positive_unique(v, "resolutions")
+        return positive_unique(v, "resolutions")
 
     @field_validator("in_channels", "num_classes")
     @classmethod
@@ -152,38 +240,48 @@ class SpaceSpec(_Spec):
 
 @dataclass(frozen=True)
 class Arch:
-    """One sub-network: resolution, stem/stage/head widths, stage depths, per-block kernels and ratios.
+    """One sub-network: resolution, stem width, per stage a width, a depth and one gene tuple per block, head width.
 
-    `kernels[s]` and `expand_ratios[s]` hold one entry per active block of stage `s` (length `depths[s]`).
+    `blocks[s]` holds `depths[s]` gene tuples whose meaning the stage's block family defines: (kernel, expand
+    ratio) for elastic MBConv stages, (operator,) for choice-block stages.
     """
 
     resolution: int
     stem_width: int
     widths: tuple[int, ...]
     depths: tuple[int, ...]
-    kernels: tuple[tuple[int, ...], ...]
-    expand_ratios: tuple[tuple[float, ...], ...]
+    blocks: tuple[tuple[Gene, ...], ...]
     head_width: int
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
-        object.__setattr__(self, "kernels", tuple(tuple(int(k) for k in ks) for ks in self.kernels))
-        object.__setattr__(
-            self, "expand_ratios", tuple(tuple(_number(e) for e in es) for es in self.expand_ratios)
-        )
+        object.__setattr__(self, "blocks", tuple(tuple(_gene(g) for g in bs) for bs in self.blocks))
         n = len(self.widths)
-        if not (len(self.depths) == len(self.kernels) == len(self.expand_ratios) == n):
+        if not (len(self.depths) == len(self.blocks) == n):
             raise ArchError(
-                f"arch lists {n} widths, {len(self.depths)} depths, {len(self.kernels)} kernel lists and "
-                f"{len(self.expand_ratios)} expand-ratio lists; give one of each per stage"
+                f"arch lists {n} widths, {len(self.depths)} depths and {len(self.blocks)} block lists; "
+                "give one of each per stage"
             )
-        for s, (d, ks, es) in enumerate(zip(self.depths, self.kernels, self.expand_ratios)):
-            if len(ks) != d or len(es) != d:
-                raise ArchError(
-                    f"stage {s} has depth {d} but {len(ks)} kernels and {len(es)} expand ratios; "
-                    "give one kernel and one ratio per active block"
-                )
+        for s, (d, bs) in enumerate(zip(self.depths, self.blocks)):
+            if len(bs) != d:
+                raise ArchError(f"stage {s} has depth {d} but {len(bs)} blocks; give one gene list per active block")
+
+    @classmethod
+    def of_stages(cls, resolution: int, stem_width: int, stages: Sequence[StageGenes], head_width: int) -> Arch:
+        """Assemble an Arch from per-stage genes."""
+        return cls(
+            resolution=resolution,
+            stem_width=stem_width,
+            widths=tuple(g.width for g in stages),
+            depths=tuple(len(g.blocks) for g in stages),
+            blocks=tuple(g.blocks for g in stages),
+            head_width=head_width,
+        )
+
+    def stage(self, s: int) -> StageGenes:
+        """The genes of stage `s`."""
+        return StageGenes(self.widths[s], self.blocks[s])
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict (inverse of `from_dict`)."""
@@ -192,17 +290,24 @@ class Arch:
             "stem_width": self.stem_width,
             "widths": list(self.widths),
             "depths": list(self.depths),
-            "kernels": [list(k) for k in self.kernels],
-            "expand_ratios": [list(e) for e in self.expand_ratios],
+            "blocks": [[list(g) for g in bs] for bs in self.blocks],
             "head_width": self.head_width,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Arch:
-        """Build an Arch from `to_dict` output; raises ArchError naming missing or unknown keys."""
+        """Build an Arch from `to_dict` output; raises ArchError naming missing or unknown keys.
+
+        Also reads the format before block families (per-stage `kernels` and `expand_ratios` lists instead
+        of `blocks`), which earlier runs, fronts and exports hold.
+        """
         if not isinstance(d, dict):
             raise ArchError(f"an architecture must be a JSON object, got {type(d).__name__}")
-        expected = {"resolution", "stem_width", "widths", "depths", "kernels", "expand_ratios", "head_width"}
+        if "blocks" not in d and {"kernels", "expand_ratios"} <= d.keys():
+            d = {k: v for k, v in d.items() if k not in ("kernels", "expand_ratios")} | {
+                "blocks": _zip_legacy(d["kernels"], d["expand_ratios"])
+            }
+        expected = {"resolution", "stem_width", "widths", "depths", "blocks", "head_width"}
         missing, unknown = expected - d.keys(), d.keys() - expected
         if missing or unknown:
             hint = " (an AttentiveNAS/AlphaNet dict? use SearchSpace.arch_from_attentivenas)" if "width" in d else ""
@@ -216,8 +321,7 @@ class Arch:
                 stem_width=int(d["stem_width"]),
                 widths=tuple(d["widths"]),
                 depths=tuple(d["depths"]),
-                kernels=tuple(tuple(k) for k in d["kernels"]),
-                expand_ratios=tuple(tuple(e) for e in d["expand_ratios"]),
+                blocks=tuple(tuple(bs) for bs in d["blocks"]),
                 head_width=int(d["head_width"]),
             )
         except (TypeError, ValueError) as err:
@@ -235,14 +339,27 @@ class Arch:
         return cls.from_dict(json.loads(text))
 
 
+def _zip_legacy(kernels: Any, ratios: Any) -> list:
+    try:
+        return [[[k, e] for k, e in zip(ks, es, strict=True)] for ks, es in zip(kernels, ratios, strict=True)]
+    except (TypeError, ValueError) as err:
+        raise ArchError(f"malformed architecture: kernels and expand_ratios do not pair up ({err})") from None
+
+
+def _gene(value: Any) -> Gene:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ArchError(f"a block's genes must be a list, got {value!r}")
+    return tuple(v if isinstance(v, str) else _number(v) for v in value)
+
+
 def _number(value: float) -> float | int:
-    """Keep integral ratios as ints so JSON and hashing are stable (4 == 4.0)."""
+    """Keep integral values as ints so JSON and hashing are stable (4 == 4.0)."""
     value = float(value)
     return int(value) if value.is_integer() else value
 
 
 class SearchSpace:
-    """What can be sampled: stem, MBConv stages, head and resolution choices."""
+    """What can be sampled: stem, stages of blocks from block families, head and resolution choices."""
 
     def __init__(self, spec: SpaceSpec) -> None:
         self.spec = spec
@@ -263,17 +380,39 @@ class SearchSpace:
         return self.spec.in_channels
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "search space") -> SearchSpace:
-        """Validate a dict against the schema; raises SpaceError with a one-line message per problem."""
+    def from_dict(cls, d: dict[str, Any], families: Families, source: str = "search space") -> SearchSpace:
+        """Validate a dict against the schema; raises SpaceError with a one-line message per problem.
+
+        `supernet.spaces.from_dict` passes the package's block families.
+        """
         if not isinstance(d, dict):
             raise SpaceError(f"{source}: expected a mapping with keys stem, stages, head, resolutions")
+        data = dict(d)
+        problems = []
+        if isinstance(data.get("stages"), list):
+            stages = []
+            for i, st in enumerate(data["stages"]):
+                try:
+                    stages.append(families.stage(st, i))
+                except ValidationError as err:
+                    problems.append(describe_validation_error(err, prefix=f"stages.{i}."))
+                except SpaceError as err:
+                    problems.append(str(err))
+            data["stages"] = stages
         try:
-            return cls(SpaceSpec.model_validate(d))
+            spec = SpaceSpec.model_validate(data)
         except ValidationError as err:
-            raise SpaceError(f"{source}: {describe_validation_error(err)}") from None
+            problems.insert(0, describe_validation_error(err))
+        if problems:
+            raise SpaceError(f"{source}: {'; '.join(problems)}") from None
+        in_widths = spec.stem.widths
+        for i, st in enumerate(spec.stages):
+            st.check_input(in_widths, f"{source}: stages.{i}")
+            in_widths = st.widths
+        return cls(spec)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> SearchSpace:
+    def from_yaml(cls, path: str | Path, families: Families) -> SearchSpace:
         """Load and validate a search space from a YAML file."""
         path = Path(path)
         try:
@@ -287,14 +426,14 @@ class SearchSpace:
             data = yaml.safe_load(text)
         except yaml.YAMLError as err:
             raise SpaceError(f"search space file {path} is not valid YAML: {err}".replace("\n", " ")) from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(data, families, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         """The space as a plain dict (round-trips through `from_dict`)."""
         return self.spec.model_dump()
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, SearchSpace) and self.spec == other.spec
+        return isinstance(other, SearchSpace) and self.to_dict() == other.to_dict()
 
     def __hash__(self) -> int:
         return hash(json.dumps(self.to_dict(), sort_keys=True))
@@ -302,72 +441,46 @@ class SearchSpace:
     def __repr__(self) -> str:
         return f"SearchSpace({self.name!r}, stages={len(self.stages)}, size={self.size():.3g})"
 
+    def families(self) -> list[str]:
+        """The block family of each stage."""
+        return [st.family for st in self.stages]
+
     # -- canonical members -------------------------------------------------------------------------
     def largest(self) -> Arch:
         """The sub-network with every choice at its maximum."""
-        return self._extreme(max)
+        spec = self.spec
+        return Arch.of_stages(
+            max(spec.resolutions), max(spec.stem.widths), [st.largest() for st in self.stages], max(spec.head.widths)
+        )
 
     def smallest(self) -> Arch:
         """The sub-network with every choice at its minimum."""
-        return self._extreme(min)
-
-    def _extreme(self, pick: Any) -> Arch:
-        depths = tuple(pick(st.depths) for st in self.stages)
-        return Arch(
-            resolution=pick(self.spec.resolutions),
-            stem_width=pick(self.spec.stem.widths),
-            widths=tuple(pick(st.widths) for st in self.stages),
-            depths=depths,
-            kernels=tuple((pick(st.kernels),) * d for st, d in zip(self.stages, depths)),
-            expand_ratios=tuple((pick(st.expand_ratios),) * d for st, d in zip(self.stages, depths)),
-            head_width=pick(self.spec.head.widths),
+        spec = self.spec
+        return Arch.of_stages(
+            min(spec.resolutions), min(spec.stem.widths), [st.smallest() for st in self.stages], min(spec.head.widths)
         )
 
     # -- sampling and evolution --------------------------------------------------------------------
     def sample(self, rng: random.Random) -> Arch:
-        """A sub-network drawn uniformly per dimension (each block's kernel and ratio independently)."""
-        depths = tuple(rng.choice(st.depths) for st in self.stages)
-        return Arch(
-            resolution=rng.choice(self.spec.resolutions),
-            stem_width=rng.choice(self.spec.stem.widths),
-            widths=tuple(rng.choice(st.widths) for st in self.stages),
-            depths=depths,
-            kernels=tuple(tuple(rng.choice(st.kernels) for _ in range(d)) for st, d in zip(self.stages, depths)),
-            expand_ratios=tuple(
-                tuple(rng.choice(st.expand_ratios) for _ in range(d)) for st, d in zip(self.stages, depths)
-            ),
-            head_width=rng.choice(self.spec.head.widths),
-        )
+        """A sub-network drawn uniformly per gene (each block's genes independently)."""
+        spec = self.spec
+        resolution = rng.choice(spec.resolutions)
+        stem = rng.choice(spec.stem.widths)
+        stages = [st.sample(rng) for st in self.stages]
+        return Arch.of_stages(resolution, stem, stages, rng.choice(spec.head.widths))
 
     def mutate(self, arch: Arch, prob: float, rng: random.Random) -> Arch:
-        """Resample each gene (resolution, widths, depths, each block's kernel and ratio) with probability `prob`."""
+        """Resample each gene (resolution, widths, depths, each block's genes) with probability `prob`."""
         self.validate(arch)
+        spec = self.spec
 
         def maybe(current: Any, choices: list) -> Any:
             return rng.choice(choices) if rng.random() < prob else current
 
-        depths = tuple(maybe(d, st.depths) for d, st in zip(arch.depths, self.stages))
-        kernels, ratios = [], []
-        for s, st in enumerate(self.stages):
-            ks, es = [], []
-            for b in range(depths[s]):
-                if b < arch.depths[s]:
-                    ks.append(maybe(arch.kernels[s][b], st.kernels))
-                    es.append(maybe(arch.expand_ratios[s][b], st.expand_ratios))
-                else:  # a block that the depth mutation switched on gets fresh genes
-                    ks.append(rng.choice(st.kernels))
-                    es.append(rng.choice(st.expand_ratios))
-            kernels.append(tuple(ks))
-            ratios.append(tuple(es))
-        return Arch(
-            resolution=maybe(arch.resolution, self.spec.resolutions),
-            stem_width=maybe(arch.stem_width, self.spec.stem.widths),
-            widths=tuple(maybe(w, st.widths) for w, st in zip(arch.widths, self.stages)),
-            depths=depths,
-            kernels=tuple(kernels),
-            expand_ratios=tuple(ratios),
-            head_width=maybe(arch.head_width, self.spec.head.widths),
-        )
+        resolution = maybe(arch.resolution, spec.resolutions)
+        stem = maybe(arch.stem_width, spec.stem.widths)
+        stages = [st.mutate(arch.stage(s), prob, rng) for s, st in enumerate(self.stages)]
+        return Arch.of_stages(resolution, stem, stages, maybe(arch.head_width, spec.head.widths))
 
     def crossover(self, a: Arch, b: Arch, rng: random.Random) -> Arch:
         """Each gene from either parent with equal probability (block genes from whichever parent has the block)."""
@@ -377,29 +490,10 @@ class SearchSpace:
         def pick(x: Any, y: Any) -> Any:
             return x if rng.random() < 0.5 else y
 
-        depths = tuple(pick(da, db) for da, db in zip(a.depths, b.depths))
-        kernels, ratios = [], []
-        for s, d in enumerate(depths):
-            ks, es = [], []
-            for i in range(d):
-                parents = [p for p in (a, b) if i < p.depths[s]]
-                ks.append(pick(*(p.kernels[s][i] for p in parents)) if len(parents) == 2 else parents[0].kernels[s][i])
-                es.append(
-                    pick(*(p.expand_ratios[s][i] for p in parents))
-                    if len(parents) == 2
-                    else parents[0].expand_ratios[s][i]
-                )
-            kernels.append(tuple(ks))
-            ratios.append(tuple(es))
-        return Arch(
-            resolution=pick(a.resolution, b.resolution),
-            stem_width=pick(a.stem_width, b.stem_width),
-            widths=tuple(pick(wa, wb) for wa, wb in zip(a.widths, b.widths)),
-            depths=depths,
-            kernels=tuple(kernels),
-            expand_ratios=tuple(ratios),
-            head_width=pick(a.head_width, b.head_width),
-        )
+        resolution = pick(a.resolution, b.resolution)
+        stem = pick(a.stem_width, b.stem_width)
+        stages = [st.crossover(a.stage(s), b.stage(s), rng) for s, st in enumerate(self.stages)]
+        return Arch.of_stages(resolution, stem, stages, pick(a.head_width, b.head_width))
 
     def restrict(
         self,
@@ -412,30 +506,24 @@ class SearchSpace:
         """The sub-space keeping only the `n` largest choices of each named dimension (None: all).
 
         OFA's progressive shrinking trains such sub-spaces in turn (e.g. kernel=3, depth=1, expand=1).
+        Dimensions a stage's family does not have are left alone.
         """
-
-        def top(choices: list, n: int | None) -> list:
-            if n is not None and n < 1:
-                raise SpaceError(f"restrict keeps at least 1 choice per dimension, got {n}")
-            return choices if n is None else choices[-n:]
-
-        data = self.to_dict()
-        data["resolutions"] = top(data["resolutions"], resolution)
-        for st in data["stages"]:
-            st["kernels"] = top(st["kernels"], kernel)
-            st["depths"] = top(st["depths"], depth)
-            st["expand_ratios"] = top(st["expand_ratios"], expand)
-            st["widths"] = top(st["widths"], width)
-        data["stem"]["widths"] = top(data["stem"]["widths"], width)
-        data["head"]["widths"] = top(data["head"]["widths"], width)
-        return SearchSpace.from_dict(data, source=f"{self.name} restricted")
+        spec = self.spec
+        restricted = spec.model_copy(
+            update={
+                "resolutions": top_choices(spec.resolutions, resolution),
+                "stem": spec.stem.model_copy(update={"widths": top_choices(spec.stem.widths, width)}),
+                "head": spec.head.model_copy(update={"widths": top_choices(spec.head.widths, width)}),
+                "stages": [st.restricted(kernel, depth, expand, width) for st in self.stages],
+            }
+        )
+        return SearchSpace(restricted)
 
     def size(self) -> int:
         """Number of distinct sub-networks in the space."""
         total = len(self.spec.resolutions) * len(self.spec.stem.widths) * len(self.spec.head.widths)
         for st in self.stages:
-            per_block = len(st.kernels) * len(st.expand_ratios)
-            total *= len(st.widths) * sum(per_block**d for d in st.depths)
+            total *= st.size()
         return total
 
     # -- validation --------------------------------------------------------------------------------
@@ -447,15 +535,11 @@ class SearchSpace:
             raise ArchError(
                 f"arch has {len(arch.widths)} stages but space {self.name!r} has {len(self.stages)}"
             )
-        _check_choice("resolution", arch.resolution, self.spec.resolutions)
-        _check_choice("stem_width", arch.stem_width, self.spec.stem.widths)
-        _check_choice("head_width", arch.head_width, self.spec.head.widths)
+        check_choice("resolution", arch.resolution, self.spec.resolutions)
+        check_choice("stem_width", arch.stem_width, self.spec.stem.widths)
+        check_choice("head_width", arch.head_width, self.spec.head.widths)
         for s, st in enumerate(self.stages):
-            _check_choice(f"stage {s} width", arch.widths[s], st.widths)
-            _check_choice(f"stage {s} depth", arch.depths[s], st.depths)
-            for b in range(arch.depths[s]):
-                _check_choice(f"stage {s} block {b} kernel", arch.kernels[s][b], st.kernels)
-                _check_choice(f"stage {s} block {b} expand ratio", arch.expand_ratios[s][b], st.expand_ratios)
+            st.check(arch.stage(s), f"stage {s}")
         return arch
 
     def contains(self, arch: Arch) -> bool:
@@ -484,48 +568,51 @@ class SearchSpace:
             stem_width=width[0],
             widths=tuple(width[1:-1]),
             depths=tuple(depth),
-            kernels=tuple((k,) * dd for k, dd in zip(kernel, depth)),
-            expand_ratios=tuple((e,) * dd for e, dd in zip(ratio, depth)),
+            blocks=tuple(((k, e),) * dd for k, e, dd in zip(kernel, ratio, depth)),
             head_width=width[-1],
         )
         return self.validate(arch)
 
+    def arch_text(self, arch: Arch) -> str:
+        """A readable one-line summary of `arch`: resolution, stem, one bracket per stage, head."""
+        self.validate(arch)
+        stages = " ".join(f"[{st.genes_text(arch.stage(s))}]" for s, st in enumerate(self.stages))
+        return f"{arch.resolution}px · stem {arch.stem_width} · {stages} · head {arch.head_width}"
+
     def describe(self) -> str:
         """Human-readable table of the space's choices and size (`supernet.cost.summary` adds the cost range)."""
-
-        def fmt(values: list) -> str:
-            return "{" + ",".join(str(_number(v)) for v in values) + "}"
-
         lines = [f"search space {self.name!r}" + (f": {self.spec.description}" if self.spec.description else "")]
-        lines.append(f"  input      {self.in_channels} channels, resolution {fmt(self.spec.resolutions)}")
+        lines.append(f"  input      {self.in_channels} channels, resolution {fmt_choices(self.spec.resolutions)}")
         stem = self.spec.stem
-        lines.append(f"  stem       width {fmt(stem.widths)} k{stem.kernel} s{stem.stride} {stem.activation}")
+        lines.append(f"  stem       width {fmt_choices(stem.widths)} k{stem.kernel} s{stem.stride} {stem.activation}")
         for s, st in enumerate(self.stages):
-            lines.append(
-                f"  stage {s + 1:<4} width {fmt(st.widths)} depth {fmt(st.depths)} kernel {fmt(st.kernels)} "
-                f"expand {fmt(st.expand_ratios)} s{st.stride}{' SE' if st.se else ''} {st.activation}"
-            )
+            lines.append(f"  stage {s + 1:<4} {st.describe()}")
         head = self.spec.head
         if head.mix:
             lines.append(
-                f"  head       expand x{_number(head.expand_ratio)}, last conv {fmt(head.widths)} {head.activation}"
+                f"  head       expand x{_number(head.expand_ratio)}, last conv {fmt_choices(head.widths)} {head.activation}"
             )
         else:
-            lines.append(f"  head       1x1 conv {fmt(head.widths)} {head.activation}, pool, classifier")
+            lines.append(f"  head       1x1 conv {fmt_choices(head.widths)} {head.activation}, pool, classifier")
         lines.append(f"  sub-networks  {self.size():.4g}")
         return "\n".join(lines)
 
 
-def _check_choice(what: str, value: Any, choices: list) -> None:
+def fmt_choices(values: list) -> str:
+    """Choices as `{a,b,c}`."""
+    return "{" + ",".join(str(v if isinstance(v, str) else _number(v)) for v in values) + "}"
+
+
+def check_choice(what: str, value: Any, choices: list) -> None:
     if value not in choices:
         raise ArchError(f"{what} {value} is not in the space's choices {choices}")
 
 
-def describe_validation_error(err: ValidationError) -> str:
+def describe_validation_error(err: ValidationError, prefix: str = "") -> str:
     """All schema problems of a pydantic error on one line: "stages.2.widths: must be positive; ..."."""
     parts = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        where = prefix + ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
             parts.append(f"unknown key {where!r}")
         elif e["type"] == "missing":

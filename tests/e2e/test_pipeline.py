@@ -74,7 +74,7 @@ def test_search_export_and_report(trained_run: Path, tmp_path: Path, capsys: pyt
     assert "ONNX max |diff|" in capsys.readouterr().out
     model = supernet.load_subnet(exported)
     doc = json.loads((exported / "arch.json").read_text())
-    space = supernet.SearchSpace.from_dict(doc["space"])
+    space = supernet.spaces.from_dict(doc["space"])
     assert macs(space, supernet.Arch.from_dict(doc["arch"]), 10, 1) <= 0.6e6  # the budget holds
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     assert main(["export", str(trained_run), "--from-front", str(search), "--budget", "macs<=1", "--out",

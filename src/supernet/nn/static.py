@@ -116,9 +116,9 @@ class Head(nn.Module):
 
 
 class StaticNet(nn.Module):
-    """A plain sub-network: stem, MBConv blocks, head. No reference to any supernet."""
+    """A plain sub-network: stem, blocks (MBConv, ShuffleNetV2, ...), head. No reference to any supernet."""
 
-    def __init__(self, stem: nn.Module, blocks: list[MBConv], head: Head):
+    def __init__(self, stem: nn.Module, blocks: list[nn.Module], head: Head):
         super().__init__()
         self.stem = stem
         self.blocks = nn.Sequential(*blocks)

@@ -1,4 +1,4 @@
-"""Channel arithmetic of MobileNet-style blocks: divisible rounding, expanded, squeeze-excite and head widths."""
+"""Channel and size arithmetic of MobileNet-style blocks: divisible rounding, expanded, SE and head widths, conv sides."""
 
 from __future__ import annotations
 
@@ -30,3 +30,8 @@ def block_mid_channels(in_channels: int, expand_ratio: float) -> int:
 def se_width(mid_channels: int) -> int:
     """Width of the squeeze-excite bottleneck for a block with `mid_channels` expanded channels."""
     return make_divisible(mid_channels / 4, 8)
+
+
+def conv_out_size(size: int, kernel: int, stride: int) -> int:
+    """Output side of a 'same'-padded conv (padding kernel // 2): ceil(size / stride) for odd kernels."""
+    return (size + 2 * (kernel // 2) - kernel) // stride + 1

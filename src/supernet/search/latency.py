@@ -42,14 +42,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from supernet.cost import conv_out_size
+from supernet import spaces
+from supernet.families.base import FamilyStage, LayerKey
+from supernet.families.choice import ChoiceLayer  # noqa: F401  (re-exported: a table layer kind)
+from supernet.families.elastic_mbconv import BlockLayer  # noqa: F401  (re-exported: a table layer kind)
 from supernet.fileio import atomic_write_text
 from supernet.model import build_static
-from supernet.nn.static import Head, MBConv, conv_bn_act
-from supernet.nn.widths import expanded_width
+from supernet.nn.static import Head, conv_bn_act
+from supernet.nn.widths import conv_out_size, expanded_width
 from supernet.onnx_bytes import onnx_bytes
 from supernet.search.predictor import kendall_tau
-from supernet.space import Arch, HeadSpec, SearchSpace
+from supernet.space import Arch, HeadSpec, SearchSpace, StemSpec
 
 Backend = Literal["torch", "onnxruntime"]
 BACKENDS = ("torch", "onnxruntime")
@@ -201,31 +204,8 @@ def _onnxruntime() -> Any:
 # -- layers ------------------------------------------------------------------------------------------
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-class _LayerKey:
-    """Shared by the layer kinds: a stable text key `kind(field=value,...)` and the input shape."""
-
-    kind = ""
-
-    @property
-    def key(self) -> str:
-        """Table key: the kind and every field that determines the layer's cost."""
-        fields = ",".join(f"{f.name}={_fmt(getattr(self, f.name))}" for f in dataclasses.fields(self))  # type: ignore[arg-type]
-        return f"{self.kind}({fields})"
-
-    def input_shape(self, batch: int) -> tuple[int, int, int, int]:
-        """Shape of the tensor this layer reads."""
-        return (batch, self.in_c, self.side, self.side)  # type: ignore[attr-defined]
-
-    def __str__(self) -> str:
-        return self.key
-
-
 @dataclass(frozen=True)
-class StemLayer(_LayerKey):
+class StemLayer(LayerKey):
     """The first conv + BN + activation on a `side` x `side` input."""
 
     in_c: int
@@ -241,37 +221,13 @@ class StemLayer(_LayerKey):
         return conv_bn_act(self.in_c, self.out_c, self.kernel, self.stride, self.activation)
 
 
-@dataclass(frozen=True)
-class BlockLayer(_LayerKey):
-    """One MBConv block on a `side` x `side` input."""
-
-    in_c: int
-    out_c: int
-    kernel: int
-    expand_ratio: float
-    stride: int
-    se: bool
-    activation: str
-    shortcut: str
-    side: int
-    kind = "block"
-
-    def module(self) -> nn.Module:
-        """A freshly initialised layer of this shape."""
-        return MBConv(
-            self.in_c,
-            self.out_c,
-            self.kernel,
-            self.expand_ratio,
-            self.stride,
-            self.se,
-            self.activation,
-            self.shortcut,
-        )
+def _stem_layer(stem: StemSpec, in_c: int, width: int, side: int) -> tuple[StemLayer, int]:
+    out = conv_out_size(side, stem.kernel, stem.stride)
+    return StemLayer(in_c, width, stem.kernel, stem.stride, stem.activation, side), out
 
 
 @dataclass(frozen=True)
-class HeadLayer(_LayerKey):
+class HeadLayer(LayerKey):
     """The head (expand conv, pool, mix conv, classifier) on a `side` x `side` input."""
 
     in_c: int
@@ -288,7 +244,7 @@ class HeadLayer(_LayerKey):
 
 
 @dataclass(frozen=True)
-class PoolHeadLayer(_LayerKey):
+class PoolHeadLayer(LayerKey):
     """The MobileNetV2 / ProxylessNAS head (expand conv to `width`, pool, classifier) on a `side` x `side` input."""
 
     in_c: int
@@ -303,7 +259,7 @@ class PoolHeadLayer(_LayerKey):
         return Head(self.in_c, self.width, self.width, self.num_classes, self.activation, mix=False)
 
 
-Layer = StemLayer | BlockLayer | HeadLayer | PoolHeadLayer
+Layer = LayerKey  # StemLayer, a family's block layers, HeadLayer, PoolHeadLayer
 
 
 def _head_layer(head: HeadSpec, c: int, width: int, num_classes: int, side: int) -> HeadLayer | PoolHeadLayer:
@@ -315,26 +271,19 @@ def _head_layer(head: HeadSpec, c: int, width: int, num_classes: int, side: int)
 def arch_layers(
     space: SearchSpace, arch: Arch, num_classes: int, in_channels: int | None = None
 ) -> list[Layer]:
-    """The layers of the extracted `arch`, in order: stem, each MBConv block, head."""
+    """The layers of the extracted `arch`, in order: stem, each block that costs something, head."""
     space.validate(arch)
     spec = space.spec
     in_channels = space.in_channels if in_channels is None else in_channels
-    side = arch.resolution
-    layers: list[Layer] = [
-        StemLayer(
-            in_channels, arch.stem_width, spec.stem.kernel, spec.stem.stride, spec.stem.activation, side
-        )
-    ]
-    side = conv_out_size(side, spec.stem.kernel, spec.stem.stride)
+    stem, side = _stem_layer(spec.stem, in_channels, arch.stem_width, arch.resolution)
+    layers: list[Layer] = [stem]
     c = arch.stem_width
-    for s, st in enumerate(space.stages):
-        for b in range(arch.depths[s]):
-            stride, kernel = (st.stride if b == 0 else 1), arch.kernels[s][b]
-            ratio = _ratio(arch.expand_ratios[s][b])
-            layers.append(
-                BlockLayer(c, arch.widths[s], kernel, ratio, stride, st.se, st.activation, st.shortcut, side)
-            )
-            c, side = arch.widths[s], conv_out_size(side, kernel, stride)
+    for s, st in enumerate(_families(space)):
+        for b, gene in enumerate(arch.blocks[s]):
+            layer, side = st.block_layer(b, c, arch.widths[s], gene, side)
+            if layer is not None:
+                layers.append(layer)
+            c = arch.widths[s]
     layers.append(_head_layer(spec.head, c, arch.head_width, num_classes, side))
     return layers
 
@@ -347,36 +296,23 @@ def space_layers(space: SearchSpace, num_classes: int, in_channels: int | None =
     states: set[tuple[int, int]] = set()  # (channels, side) reachable at the current point of the network
     for r in spec.resolutions:
         for w in spec.stem.widths:
-            layers.add(StemLayer(in_channels, w, spec.stem.kernel, spec.stem.stride, spec.stem.activation, r))
-            states.add((w, conv_out_size(r, spec.stem.kernel, spec.stem.stride)))
-    for st in space.stages:
-        ratios = [_ratio(e) for e in st.expand_ratios]
-        after_first: set[tuple[int, int]] = set()
-        for c, side in states:
-            for w in st.widths:
-                for k in st.kernels:
-                    out = conv_out_size(side, k, st.stride)
-                    after_first.add((w, out))
-                    for e in ratios:
-                        layers.add(BlockLayer(c, w, k, e, st.stride, st.se, st.activation, st.shortcut, side))
-        # later blocks keep channels, and odd 'same' kernels keep the side
-        states = set(after_first)
-        if max(st.depths) > 1:
-            for w, side in after_first:
-                for k in st.kernels:
-                    states.add((w, conv_out_size(side, k, 1)))
-                    for e in ratios:
-                        layers.add(BlockLayer(w, w, k, e, 1, st.se, st.activation, st.shortcut, side))
+            stem, side = _stem_layer(spec.stem, in_channels, w, r)
+            layers.add(stem)
+            states.add((w, side))
+    for st in _families(space):
+        stage_layers, states = st.stage_layers(states)
+        layers |= stage_layers
     for c, side in states:
         for w in spec.head.widths:
             layers.add(_head_layer(spec.head, c, w, num_classes, side))
     return layers
 
 
-def _ratio(value: float) -> float:
-    """Expand ratios as in Arch (4.0 -> 4) so keys from specs and from archs agree."""
-    value = float(value)
-    return int(value) if value.is_integer() else value
+def _families(space: SearchSpace) -> list[FamilyStage]:
+    for s, st in enumerate(space.stages):
+        if not isinstance(st, FamilyStage):
+            raise LatencyError(f"stage {s} ({st.family}) has no latency layers")
+    return space.stages  # type: ignore[return-value]
 
 
 def _sorted(layers: Iterable[Layer]) -> list[Layer]:
@@ -546,7 +482,7 @@ class LatencyTable:
             raise LatencyError(f"{source}: not a latency table of format {TABLE_FORMAT} (format {got!r})")
         try:
             return cls(
-                space=SearchSpace.from_dict(d["space"], source=f"{source} space"),
+                space=spaces.from_dict(d["space"], source=f"{source} space"),
                 num_classes=int(d["num_classes"]),
                 in_channels=int(d["in_channels"]),
                 settings=TableSettings(**d["settings"]),

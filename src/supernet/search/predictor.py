@@ -17,48 +17,38 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from supernet.families.base import FamilyStage, scale
 from supernet.space import Arch, SearchSpace
 
 RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 
 def encode(space: SearchSpace, arch: Arch) -> np.ndarray:
-    """Fixed-length encoding of `arch` in [0, 1]: resolution, widths, depths, then per block slot kernel and ratio.
+    """Fixed-length encoding of `arch` in [0, 1]: resolution, stem width, each stage's family encoding, head width.
 
-    Scalar choices map linearly from their smallest (0) to largest (1) value. Block slots (one per possible
-    block of each stage) hold kernel and ratio mapped into (0, 1] and 0 for blocks the depth switches off,
-    so "absent" never collides with "smallest choice".
+    Scalar choices map linearly from their smallest (0) to largest (1) value. Elastic MBConv stages add
+    width, depth and per block slot kernel and ratio mapped into (0, 1], 0 for blocks the depth switches
+    off (so "absent" never collides with "smallest choice"); choice stages add a one-hot per layer.
     """
     space.validate(arch)
     spec = space.spec
-    values = [_scale(arch.resolution, spec.resolutions), _scale(arch.stem_width, spec.stem.widths)]
-    for s, st in enumerate(space.stages):
-        values += [_scale(arch.widths[s], st.widths), _scale(arch.depths[s], st.depths)]
-    for s, st in enumerate(space.stages):
-        for b in range(max(st.depths)):
-            if b < arch.depths[s]:
-                values += [
-                    _slot(arch.kernels[s][b], st.kernels),
-                    _slot(arch.expand_ratios[s][b], st.expand_ratios),
-                ]
-            else:
-                values += [0.0, 0.0]
-    values.append(_scale(arch.head_width, spec.head.widths))
+    values = [scale(arch.resolution, spec.resolutions), scale(arch.stem_width, spec.stem.widths)]
+    for s, st in enumerate(_families(space)):
+        values += st.encode(arch.stage(s))
+    values.append(scale(arch.head_width, spec.head.widths))
     return np.asarray(values, dtype=np.float32)
 
 
 def encoding_size(space: SearchSpace) -> int:
     """Length of `encode`'s vectors for `space`."""
-    return 3 + 2 * len(space.stages) + 2 * sum(max(st.depths) for st in space.stages)
+    return 3 + sum(st.encoding_size() for st in _families(space))
 
 
-def _scale(value: float, choices: Sequence[float]) -> float:
-    lo, hi = min(choices), max(choices)
-    return 0.0 if hi == lo else (value - lo) / (hi - lo)
-
-
-def _slot(value: float, choices: Sequence[float]) -> float:
-    return 0.25 + 0.75 * _scale(value, choices) if len(choices) > 1 else 1.0
+def _families(space: SearchSpace) -> list[FamilyStage]:
+    for s, st in enumerate(space.stages):
+        if not isinstance(st, FamilyStage):
+            raise TypeError(f"stage {s} ({st.family}) has no predictor encoding")
+    return space.stages  # type: ignore[return-value]
 
 
 def kendall_tau(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:

@@ -20,33 +20,42 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from supernet.cost import block_cost, conv_out_size, macs
+from supernet.cost import macs, stem_cost
 from supernet.data.augment import resize_batch
+from supernet.families.base import FamilyStage
 from supernet.model import Supernet
-from supernet.space import Arch, SearchSpace, StageSpec
+from supernet.space import Arch, Gene, SearchSpace, StageSpec
 from supernet.training.samplers import SampleContext
 
-Op = tuple[int, float]  # (kernel, expand_ratio)
+Op = Gene  # a block's genes: (kernel, expand_ratio) for elastic MBConv, (operator,) for choice blocks
 Matrix = Sequence[Sequence[float]]
 
 
-def stage_ops(stage: StageSpec) -> list[Op]:
-    """The stage's operator choices, every (kernel, expand_ratio) pair, kernel-major; index t is op t."""
-    return [(k, e) for k in stage.kernels for e in stage.expand_ratios]
+def block_ops(stage: StageSpec, block: int) -> list[Op]:
+    """Block `block`'s operator choices (its family's `block_choices`); index t is op t."""
+    return stage.block_choices(block)
+
+
+def stage_ops(stage: StageSpec) -> tuple[tuple[Op, ...], ...]:
+    """Per possible block of the stage, its operator choices."""
+    return tuple(tuple(block_ops(stage, b)) for b in range(max(stage.depths)))
 
 
 @dataclass(frozen=True)
 class DiversityTable:
-    """Per block position `[stage][block]`, the (T x T) mean diversity between the stage's operators."""
+    """Per block position `[stage][block]`, the (T x T) mean diversity between the block's operators."""
 
-    ops: tuple[tuple[Op, ...], ...]
+    ops: tuple[tuple[tuple[Op, ...], ...], ...]
     matrices: tuple[tuple[Tensor, ...], ...]
 
     def __post_init__(self) -> None:
         if len(self.ops) != len(self.matrices):
             raise ValueError(f"diversity table has {len(self.ops)} op lists but {len(self.matrices)} stages")
-        for s, (ops, blocks) in enumerate(zip(self.ops, self.matrices)):
+        for s, (stage, blocks) in enumerate(zip(self.ops, self.matrices)):
+            if len(stage) < len(blocks):
+                raise ValueError(f"stage {s}: {len(blocks)} diversity matrices but operators for {len(stage)} blocks")
             for b, d in enumerate(blocks):
+                ops = stage[b]
                 if d.shape != (len(ops), len(ops)):
                     raise ValueError(
                         f"stage {s} block {b}: diversity matrix has shape {tuple(d.shape)}, "
@@ -57,7 +66,7 @@ class DiversityTable:
     def from_space(cls, space: SearchSpace, matrices: Sequence[Sequence[Tensor]]) -> DiversityTable:
         """A table for `space` from per-block matrices (float64 copies), checking their shapes."""
         return cls(
-            ops=tuple(tuple(stage_ops(st)) for st in space.stages),
+            ops=tuple(stage_ops(st) for st in space.stages),
             matrices=tuple(
                 tuple(torch.as_tensor(d, dtype=torch.float64).clone() for d in ms) for ms in matrices
             ),
@@ -68,26 +77,24 @@ class DiversityTable:
         """Every pair of distinct operators equally diverse (diversity 1): the sampler is uniform."""
         mats = []
         for st in space.stages:
-            t = len(stage_ops(st))
-            mats.append(
-                [torch.ones(t, t, dtype=torch.float64) - torch.eye(t, dtype=torch.float64)] * max(st.depths)
-            )
+            ts = [len(ops) for ops in stage_ops(st)]
+            mats.append([torch.ones(t, t, dtype=torch.float64) - torch.eye(t, dtype=torch.float64) for t in ts])
         return cls.from_space(space, mats)
 
-    def index(self, stage: int, kernel: int, expand_ratio: float) -> int:
-        """Index of operator (kernel, expand_ratio) in stage `stage`."""
+    def index(self, stage: int, block: int, op: Op) -> int:
+        """Index of operator `op` among the choices of block `block` of stage `stage`."""
         try:
-            return self.ops[stage].index((kernel, expand_ratio))
+            return self.ops[stage][block].index(tuple(op))
         except ValueError:
             raise ValueError(
-                f"operator (kernel {kernel}, expand ratio {expand_ratio}) is not a choice of stage {stage}: "
-                f"{list(self.ops[stage])}"
+                f"operator {list(op)} is not a choice of stage {stage} block {block}: "
+                f"{[list(o) for o in self.ops[stage][block]]}"
             ) from None
 
     def matches(self, space: SearchSpace) -> bool:
         """Whether the table covers `space`: same operators per stage and a matrix for every block."""
         return len(self.ops) == len(space.stages) and all(
-            tuple(stage_ops(st)) == ops and len(ms) >= max(st.depths)
+            stage_ops(st) == ops[: max(st.depths)] and len(ms) >= max(st.depths)
             for st, ops, ms in zip(space.stages, self.ops, self.matrices)
         )
 
@@ -109,12 +116,9 @@ def estimate_diversity(
     ):
         raise ValueError("the search space does not fit the supernet (more stages or blocks than it has)")
     ops = [stage_ops(st) for st in space.stages]
-    sums = [
-        [torch.zeros(len(o), len(o), dtype=torch.float64) for _ in range(max(st.depths))]
-        for o, st in zip(ops, space.stages)
-    ]
+    sums = [[torch.zeros(len(o), len(o), dtype=torch.float64) for o in stage] for stage in ops]
     saved_arch, saved_mode = net.active_arch, net.training
-    saved_blocks = [(blk.active_out, blk.active_kernel, blk.active_expand) for st in net.stages for blk in st]
+    saved_blocks = [_block_settings(blk) for st in net.stages for blk in st]
     inputs: dict[tuple[int, int], Tensor] = {}
     handles = []
     ref = next(net.parameters())
@@ -139,14 +143,15 @@ def estimate_diversity(
             net(images)
             for s, st in enumerate(space.stages):
                 for b in range(max(st.depths)):
-                    sums[s][b] += _block_diversity(net.stages[s][b], inputs[(s, b)], ops[s], base.widths[s])
+                    sums[s][b] += _block_diversity(st, net.stages[s][b], inputs[(s, b)], ops[s][b], base.widths[s])
             count += images.shape[0]
     finally:
         for h in handles:
             h.remove()
         net.set_active(saved_arch)
-        for blk, cfg in zip((blk for st in net.stages for blk in st), saved_blocks):
-            blk.configure(*cfg)
+        for blk, settings in zip((blk for st in net.stages for blk in st), saved_blocks):
+            for name, value in settings.items():
+                setattr(blk, name, value)
         net.train(saved_mode)
     if count == 0:
         raise ValueError("estimate_diversity needs at least one non-empty batch of images")
@@ -168,19 +173,30 @@ def estimation_macs(space: SearchSpace, base: Arch, num_classes: int, in_channel
     Each block position runs once per operator of its stage on the input `base` gives it (blocks deeper
     than `base` reaches take the stage's output), at `base`'s output width, as `estimate_diversity` does.
     """
-    spec = space.spec
     c_in = space.in_channels if in_channels is None else in_channels
-    size = conv_out_size(base.resolution, spec.stem.kernel, spec.stem.stride)
+    _, _, size = stem_cost(space, base.resolution, base.stem_width, c_in)
     c = base.stem_width
     total = macs(space, base, num_classes, c_in)
-    for st, width, depth, kernels, ratios in zip(spec.stages, base.widths, base.depths, base.kernels,
-                                                 base.expand_ratios):
+    for s, st in enumerate(_families(space)):
+        width, genes = base.widths[s], base.blocks[s]
         for b in range(max(st.depths)):
-            total += sum(block_cost(st, b, c, width, size, kernel, ratio)[0] for kernel, ratio in stage_ops(st))
-            if b < depth:  # the next block's input is what base's block b emits
-                size = block_cost(st, b, c, width, size, kernels[b], ratios[b])[2]
+            total += sum(st.block_cost(b, c, width, size, op)[0] for op in block_ops(st, b))
+            if b < len(genes):  # the next block's input is what base's block b emits
+                size = st.block_cost(b, c, width, size, genes[b])[2]
                 c = width
     return total
+
+
+def _families(space: SearchSpace) -> list[FamilyStage]:
+    for s, st in enumerate(space.stages):
+        if not isinstance(st, FamilyStage):
+            raise TypeError(f"stage {s} ({st.family}) cannot build modules; parse the space with supernet.spaces")
+    return space.stages  # type: ignore[return-value]
+
+
+def _block_settings(block: torch.nn.Module) -> dict[str, Any]:
+    """A dynamic block's configuration (its `active*` attributes), to restore after probing it."""
+    return {k: v for k, v in vars(block).items() if k.startswith("active")}
 
 
 def _capture_input(store: dict[tuple[int, int], Tensor], key: tuple[int, int]) -> Any:
@@ -198,11 +214,11 @@ def _capture_output(store: dict[tuple[int, int], Tensor], keys: list[tuple[int, 
     return hook
 
 
-def _block_diversity(block: torch.nn.Module, x: Tensor, ops: list[Op], width: int) -> Tensor:
+def _block_diversity(stage: StageSpec, block: torch.nn.Module, x: Tensor, ops: Sequence[Op], width: int) -> Tensor:
     """Sum over the batch of 1 - cos(block output under op t, under op u), as a (T x T) float64 matrix."""
     outs = []
-    for kernel, ratio in ops:
-        block.configure(width, kernel, ratio)
+    for op in ops:
+        stage.configure(block, width, op)  # type: ignore[attr-defined]
         outs.append(block(x).flatten(1).to(torch.float64))
     y = torch.stack(outs, dim=1)  # (N, T, features)
     # 1 - cos(a, b) = |a/|a| - b/|b||^2 / 2, which is exactly 0 for identical outputs (no cancellation).
@@ -431,7 +447,7 @@ class DiversitySampler:
         table, weights, rows = self.table, self.weights, self._rows
         if table is None or weights is None:
             table = DiversityTable.uniform(space)
-            weights = [[[1.0] * len(ops)] * len(ms) for ops, ms in zip(table.ops, table.matrices)]
+            weights = [[[1.0] * len(ops) for ops in stage] for stage in table.ops]
             rows = _as_rows(table)
         elif not table.matches(space):
             raise ValueError(
@@ -449,15 +465,14 @@ class DiversitySampler:
         archs = []
         for i in range(m):
             depths = tuple(rng.choice(st.depths) for st in space.stages)
-            chosen = [[table.ops[s][slots[s][b][i]] for b in range(d)] for s, d in enumerate(depths)]
+            chosen = [tuple(table.ops[s][b][slots[s][b][i]] for b in range(d)) for s, d in enumerate(depths)]
             archs.append(
                 Arch(
                     resolution=rng.choice(space.spec.resolutions),
                     stem_width=rng.choice(space.spec.stem.widths),
                     widths=tuple(rng.choice(st.widths) for st in space.stages),
                     depths=depths,
-                    kernels=tuple(tuple(k for k, _ in ops) for ops in chosen),
-                    expand_ratios=tuple(tuple(e for _, e in ops) for ops in chosen),
+                    blocks=tuple(chosen),
                     head_width=rng.choice(space.spec.head.widths),
                 )
             )
@@ -469,7 +484,7 @@ class DiversitySampler:
             return {"num_networks": self.num_networks, "ops": None, "diversity": None, "weights": None}
         return {
             "num_networks": self.num_networks,
-            "ops": [[[k, float(e)] for k, e in ops] for ops in self.table.ops],
+            "ops": [[[list(op) for op in ops] for ops in stage] for stage in self.table.ops],
             "diversity": [[d.clone() for d in ms] for ms in self.table.matrices],
             "weights": [[torch.tensor(w, dtype=torch.float64) for w in ws] for ws in self.weights],
             "calibration_error": self.calibration_error,
@@ -486,7 +501,8 @@ class DiversitySampler:
             self.table, self.weights, self.calibration_error, self._rows = None, None, 0.0, []
             return
         self.table = DiversityTable(
-            ops=tuple(tuple((int(k), _ratio(e)) for k, e in ops) for ops in state["ops"]),
+            ops=tuple(tuple(tuple(_op(op) for op in ops) for ops in _per_block(stage, len(mats)))
+                      for stage, mats in zip(state["ops"], state["diversity"])),
             matrices=tuple(tuple(d.to(torch.float64).clone() for d in ms) for ms in state["diversity"]),
         )
         self.weights = [[w.tolist() for w in ws] for ws in state["weights"]]
@@ -498,9 +514,16 @@ def _as_rows(table: DiversityTable) -> list[list[list[list[float]]]]:
     return [[d.tolist() for d in ms] for ms in table.matrices]
 
 
-def _ratio(value: float) -> float | int:
-    """Integral ratios as ints, like Arch stores them."""
-    return int(value) if float(value).is_integer() else float(value)
+def _per_block(stage: list, blocks: int) -> list:
+    """A stage's saved operators per block; states saved before block families held one list per stage."""
+    if stage and stage[0] and not isinstance(stage[0][0], (list, tuple)):
+        return [stage] * blocks
+    return stage
+
+
+def _op(op: Sequence[Any]) -> Op:
+    """An operator as Arch stores it: strings kept, integral numbers as ints."""
+    return tuple(v if isinstance(v, str) else (int(v) if float(v).is_integer() else float(v)) for v in op)
 
 
 def mean_pairwise_diversity(archs: Sequence[Arch], table: DiversityTable) -> float:
@@ -508,7 +531,7 @@ def mean_pairwise_diversity(archs: Sequence[Arch], table: DiversityTable) -> flo
     per_block = []
     for s, blocks in enumerate(table.matrices):
         for b, d in enumerate(blocks):
-            ops = [table.index(s, a.kernels[s][b], a.expand_ratios[s][b]) for a in archs if a.depths[s] > b]
+            ops = [table.index(s, b, a.blocks[s][b]) for a in archs if a.depths[s] > b]
             pairs = [d[ops[i], ops[j]].item() for i in range(len(ops)) for j in range(i + 1, len(ops))]
             if pairs:
                 per_block.append(sum(pairs) / len(pairs))

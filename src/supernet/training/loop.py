@@ -781,7 +781,7 @@ def _keep_global_batch(config: Config, global_batch: int, world_size: int) -> Co
 
 
 def _saved_space(state: dict[str, Any], path: Path) -> SearchSpace:
-    return SearchSpace.from_dict(state["space"], source=f"{path} (saved space)")
+    return spaces.from_dict(state["space"], source=f"{path} (saved space)")
 
 
 def load_teacher(source: str, device: torch.device) -> tuple[nn.Module, int]:

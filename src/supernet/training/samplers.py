@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from supernet.cost import macs
-from supernet.space import Arch, SearchSpace
+from supernet.families.elastic_mbconv import ElasticMBConvStage
+from supernet.space import Arch, SearchSpace, StageGenes
 
 Scorer = Callable[[Sequence[Arch]], list[float]]
 PRIOR_SEED = 0  # the AttentiveNAS MACs prior is estimated from a fixed stream: the same on every rank and resume
@@ -78,28 +79,27 @@ class UniformSampler:
 
 
 def sample_compound(space: SearchSpace, rng: random.Random) -> Arch:
-    """A CompOFA sample: per stage one level couples depth and expand ratio (shared by the stage's blocks)."""
-    depths, kernels, ratios = [], [], []
+    """A CompOFA sample: per stage one level couples depth and expand ratio (shared by the stage's blocks).
+
+    Only elastic MBConv stages have the two dimensions; other stages are sampled by their family.
+    """
+    stages = []
     for st in space.stages:
+        if not isinstance(st, ElasticMBConvStage):
+            stages.append(st.sample(rng))
+            continue
         levels = max(len(st.depths), len(st.expand_ratios))
         level = rng.randrange(levels)
 
         def at(choices: list, lv: int = level, n: int = levels) -> Any:
             return choices[round(lv * (len(choices) - 1) / (n - 1))] if n > 1 else choices[-1]
 
-        d = at(st.depths)
-        depths.append(d)
-        ratios.append((at(st.expand_ratios),) * d)
-        kernels.append(tuple(rng.choice(st.kernels) for _ in range(d)))
-    return Arch(
-        resolution=rng.choice(space.spec.resolutions),
-        stem_width=rng.choice(space.spec.stem.widths),
-        widths=tuple(rng.choice(st.widths) for st in space.stages),
-        depths=tuple(depths),
-        kernels=tuple(kernels),
-        expand_ratios=tuple(ratios),
-        head_width=rng.choice(space.spec.head.widths),
-    )
+        d, ratio = at(st.depths), at(st.expand_ratios)
+        width = rng.choice(st.widths)
+        stages.append(StageGenes(width, tuple((rng.choice(st.kernels), ratio) for _ in range(d))))
+    resolution = rng.choice(space.spec.resolutions)
+    stem = rng.choice(space.spec.stem.widths)
+    return Arch.of_stages(resolution, stem, stages, rng.choice(space.spec.head.widths))
 
 
 @dataclass

@@ -1,0 +1,16 @@
+"""The block families a search space's stages come from, and the registry that parses them.
+
+- `elastic_mbconv` (the default): weight-shared elastic MBConv stages (OFA, BigNAS, AttentiveNAS, AlphaNet).
+- `choice`: layers of candidate operators with independent weights (SPOS, Cream, DNA, EnNAS).
+"""
+
+from __future__ import annotations
+
+from supernet.families.base import FamilyStage, LayerKey
+from supernet.families.choice import ChoiceStage
+from supernet.families.elastic_mbconv import ElasticMBConvStage
+from supernet.space import Families
+
+FAMILIES = Families({"elastic_mbconv": ElasticMBConvStage, "choice": ChoiceStage}, default="elastic_mbconv")
+
+__all__ = ["FAMILIES", "ChoiceStage", "ElasticMBConvStage", "FamilyStage", "LayerKey"]
