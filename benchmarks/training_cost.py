@@ -25,7 +25,7 @@ from supernet.training.metrics import PASS_KINDS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = ["alphanet", "bignas_kl", "symmetric_kl", "nokd", "attentivenas", "bignas", "deps", "deps_alpha", "ennas",
-           "ofa", "compofa"]
+           "ennas_wo_ds", "spos", "cream", "ofa", "compofa"]
 
 
 def main() -> None:

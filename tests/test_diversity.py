@@ -72,7 +72,7 @@ def trained_like() -> tuple[Supernet, DiversityTable]:
     torch.manual_seed(0)
     net = Supernet(SPACE, num_classes=10)
     randomise(net)
-    return net, estimate_diversity(net, [images(6, 1), images(5, 2)], SPACE)
+    return net, estimate_diversity(net, [images(6, 1), images(5, 2)], SPACE, inputs="largest")
 
 
 # -- estimate_diversity --------------------------------------------------------------------------------
@@ -129,6 +129,51 @@ def test_estimate_equals_direct_cosine_of_block_outputs(trained_like) -> None:
     expected = (1 - nn.functional.cosine_similarity(a, b, dim=1)).mean().item()
     t, u = table.index(1, 0, (5, 6)), table.index(1, 0, (3, 4))
     assert table.matrices[1][0][t, u].item() == pytest.approx(expected, rel=1e-4, abs=1e-7)
+
+
+def test_spread_inputs_are_the_previous_layers_outputs_dealt_over_its_operators() -> None:
+    """EnNAS section 3.3: layer l's inputs are layer l-1's operators' outputs, image i from operator i mod T."""
+    net = Supernet(SPACE, num_classes=10)
+    randomise(net, seed=6)
+    base = SPACE.largest()
+    x = images(6, 3, side=base.resolution)
+    table = estimate_diversity(net, [x], SPACE, inputs="spread")
+    st = SPACE.stages[0]
+    first, second = net.stages[0][0], net.stages[0][1]
+    with torch.no_grad():
+        net.eval()
+        h = net.stem(x, base.stem_width)
+        outs = []
+        for k, e in block_ops(st, 0):
+            first.configure(base.widths[0], k, e)
+            outs.append(first(h))
+        merged = torch.stack([outs[i % len(outs)][i] for i in range(x.shape[0])])
+        (k1, e1), (k2, e2) = block_ops(st, 1)[:2]
+        second.configure(base.widths[0], k1, e1)
+        a = second(merged).flatten(1).double()
+        second.configure(base.widths[0], k2, e2)
+        b = second(merged).flatten(1).double()
+    expected = (1 - nn.functional.cosine_similarity(a, b, dim=1)).mean().item()
+    assert table.matrices[0][1][0, 1].item() == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    unspread = estimate_diversity(net, [x], SPACE, inputs="largest")
+    assert not torch.allclose(unspread.matrices[0][1], table.matrices[0][1])  # the inputs do differ
+
+
+def test_diversity_on_a_choice_space_covers_every_layers_operators() -> None:
+    space = spaces.get("fmnist_choice")
+    net = Supernet(space, num_classes=10)
+    randomise(net, seed=2)
+    sampler = DiversitySampler(num_networks=4)
+    table = sampler.prepare(net, [images(4, 0)], space)
+    assert table.matches(space)
+    identity = table.ops[0][1].index(("identity",))
+    assert ("identity",) not in table.ops[0][0] and table.matrices[0][1][identity].sum() > 0
+    for arch in sampler.sample(ctx(0, space)):
+        space.validate(arch)
+    state = sampler.state_dict()
+    again = DiversitySampler(num_networks=4)
+    again.load_state_dict(state)
+    assert again.sample(ctx(1, space)) == sampler.sample(ctx(1, space))
 
 
 def test_estimate_restores_active_arch_block_settings_and_mode() -> None:

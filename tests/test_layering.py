@@ -11,10 +11,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "supernet"
 
 # module (or package prefix) -> prefixes it must never import
 FORBIDDEN = {
-    "supernet.nn": ("supernet.space", "supernet.model", "supernet.cost", "supernet.training", "supernet.search",
-                    "supernet.export", "supernet.runs", "supernet.evaluation"),
-    "supernet.space": ("supernet.nn", "supernet.model", "supernet.cost", "supernet.training", "supernet.search",
-                       "supernet.export", "supernet.runs", "supernet.evaluation"),
+    "supernet.nn": ("supernet.space", "supernet.families", "supernet.spaces", "supernet.model", "supernet.cost",
+                    "supernet.training", "supernet.search", "supernet.export", "supernet.runs", "supernet.evaluation"),
+    # the space core knows no family: families register with it, never the other way round
+    "supernet.space": ("supernet.nn", "supernet.families", "supernet.spaces", "supernet.model", "supernet.cost",
+                       "supernet.training", "supernet.search", "supernet.export", "supernet.runs",
+                       "supernet.evaluation"),
+    "supernet.families": ("supernet.spaces", "supernet.model", "supernet.cost", "supernet.training",
+                          "supernet.search", "supernet.export", "supernet.runs", "supernet.evaluation"),
+    "supernet.spaces": ("supernet.model", "supernet.cost", "supernet.training", "supernet.search", "supernet.export",
+                        "supernet.runs", "supernet.evaluation"),
     "supernet.cost": ("supernet.model", "supernet.training", "supernet.search", "supernet.export", "supernet.runs"),
     "supernet.checkpoint": ("supernet.training", "supernet.search", "supernet.export", "supernet.runs"),
     "supernet.config": ("supernet.training", "supernet.search", "supernet.export", "supernet.runs"),

@@ -13,7 +13,7 @@ from supernet.training.metrics import read_metrics
 from training_helpers import quick_config, small_data
 
 RECIPES = ["alphanet.yaml", "bignas.yaml", "bignas_kl.yaml", "nokd.yaml", "attentivenas.yaml", "deps.yaml",
-           "deps_alpha.yaml", "ennas.yaml", "ofa.yaml", "compofa.yaml"]
+           "deps_alpha.yaml", "ennas.yaml", "ofa.yaml", "compofa.yaml"]  # SPOS, Cream: tests/e2e, test_cream.py
 
 
 def train(tmp_path, recipe: str | None, *overrides: str, data=None, **kwargs) -> Trainer:

@@ -10,6 +10,7 @@ import pytest
 
 from supernet import spaces
 from supernet.config import load_config
+from supernet.cost import macs
 from supernet.training.samplers import SampleContext, UniformSampler
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -30,6 +31,10 @@ COMPARISONS = {
     ),
     # EnNAS section 4.3: the ablation without diversity-based sampling changes only the sampler.
     "ennas ablation": (["ennas.yaml", "ennas_wo_ds.yaml"], {"sampler"}),
+    # EnNAS Table 1 on one choice-block space: SPOS differs from EnNAS in sampling, teacher and loss only.
+    "ennas table 1": (["ennas.yaml", "spos.yaml", "cream.yaml"], {"sampler", "teacher", "distill"}),
+    "imagenet ennas table 1": (["imagenet/ennas.yaml", "imagenet/cream.yaml"], {"sampler", "teacher", "distill",
+                                                                                 "train.diagnostic_draws"}),
     "imagenet ennas ablation": (["imagenet/ennas.yaml", "imagenet/ennas_wo_ds.yaml"], {"sampler"}),
     "imagenet alphanet": (
         ["imagenet/alphanet.yaml", "imagenet/attentivenas.yaml", "imagenet/bignas.yaml"],
@@ -56,6 +61,26 @@ def test_compared_recipes_differ_only_in_what_their_paper_varies(group: str) -> 
     for recipe in recipes[1:]:
         differing = {k for k in reference.keys() | flat[recipe].keys() if reference.get(k) != flat[recipe].get(k)}
         assert differing <= allowed, (recipe, sorted(differing - allowed))
+
+
+def test_spos_trains_one_uniform_path_on_labels_and_can_bin_by_macs() -> None:
+    from supernet.training.loop import build_sampler
+
+    config = load_config(CONFIGS / "spos.yaml")
+    assert config.teacher.name == "none" and config.sampler.name == "uniform" and config.sampler.num_random == 1
+    space = spaces.get(config.space)
+    sampler = build_sampler(config)
+    ctx = SampleContext(space=space, rng=random.Random(0), num_classes=10)
+    draws = [sampler.sample(ctx) for _ in range(3000)]
+    assert all(len(d) == 1 for d in draws)
+    first = [d[0].blocks[1][0][0] for d in draws]  # one layer's operator: uniform over its choices
+    for op in space.stages[1].ops:
+        if op != "identity":
+            assert abs(first.count(op) / len(first) - 1 / 6) < 0.03
+    binned = build_sampler(load_config(CONFIGS / "spos.yaml", ["sampler.macs_bins={low: 2, high: 6, step: 2}"]))
+    costs = [macs(space, binned.sample(ctx)[0], 10) / 1e6 for _ in range(400)]
+    low, high = sum(c < 4 for c in costs), sum(4 <= c <= 6 for c in costs)
+    assert low + high == len(costs) and abs(low - high) < 0.15 * len(costs)  # each bin drawn about half the time
 
 
 def test_progressive_recipes_train_as_many_epochs_as_the_others() -> None:

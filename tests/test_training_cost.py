@@ -10,12 +10,15 @@ from supernet.training.metrics import PASS_KINDS, read_metrics
 from training_helpers import quick_config, small_data
 
 RECIPES = ["alphanet.yaml", "bignas.yaml", "nokd.yaml", "attentivenas.yaml", "deps.yaml", "ennas.yaml", "ofa.yaml",
-           "compofa.yaml"]
+           "compofa.yaml", "cream.yaml"]
+# Cream's board fills and its meta network updates within the one epoch
+EXTRA = {"cream.yaml": ["teacher.meta_update_every=3", "distill.start_epoch=0.2"]}
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_logged_training_macs_match_what_ran(tmp_path, recipe: str) -> None:
     overrides = ["train.eval_every_epochs=0"] + ([] if recipe in ("ofa.yaml", "compofa.yaml") else ["train.epochs=1"])
+    overrides += EXTRA.get(recipe, [])
     trainer = Trainer(quick_config(recipe, *overrides), tmp_path / "run", data=small_data(), progress=False)
     with ExecutedMacs() as executed:
         trainer.run()
@@ -27,7 +30,10 @@ def test_logged_training_macs_match_what_ran(tmp_path, recipe: str) -> None:
         "ennas.yaml": {"gradient", "teacher", "preparation"},  # ensemble members; diversity estimation
         "ofa.yaml": {"gradient", "teacher"},  # the frozen full network
         "compofa.yaml": {"gradient", "teacher"},
+        "cream.yaml": {"gradient", "teacher"},  # the chosen board member, the matching scores, the look-ahead
     }.get(recipe, {"gradient"})
+    if recipe == "cream.yaml":
+        assert trainer.teacher.meta_updates > 0 and trainer.teacher.board.entries
     assert {kind for kind in PASS_KINDS if trainer.counters[f"{kind}_macs"] > 0} == expected_kinds, recipe
     last = [r for r in read_metrics(trainer.run_dir.root) if r["kind"] == "train"][-1]
     assert last["train_macs"] <= logged and all(f"{kind}_macs" in last for kind in PASS_KINDS)

@@ -85,10 +85,26 @@ class SandwichConfig(_Section):
     num_random: int = Field(2, ge=0)
 
 
+class MacsBinsConfig(_Section):
+    """SPOS's FLOPs-constrained draw: a bin of [low, high) in steps of `step` (MMACs) uniformly, then a path in it."""
+
+    low: float = Field(ge=0)
+    high: float = Field(gt=0)
+    step: float = Field(gt=0)
+    tries: int = Field(500, ge=1, description="draws per path before falling back to any path (SPOS: 500)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MacsBinsConfig:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
 class UniformConfig(_Section):
     name: Literal["uniform"]
     num_random: int = Field(1, ge=1)
     include_largest: bool = False
+    macs_bins: MacsBinsConfig | None = None
 
 
 class CompoundConfig(_Section):
@@ -113,6 +129,11 @@ class DiversityConfig(_Section):
     name: Literal["diversity"]
     num_networks: int = Field(4, ge=2, description="m: sub-networks per step, all students of their ensemble")
     estimate_batches: int = Field(4, ge=1, description="batches used to re-estimate diversity each epoch")
+    inputs: Literal["spread", "largest"] = Field(
+        "spread",
+        description="spread: each layer's inputs are dealt evenly over its operators and their outputs merged as the "
+        "next layer's inputs (EnNAS section 3.3); largest: every layer sees what the largest sub-network feeds it",
+    )
 
 
 SamplerConfig = Annotated[
@@ -124,7 +145,7 @@ SamplerConfig = Annotated[
 class TeacherConfig(_Section):
     """Where students' soft targets come from."""
 
-    name: Literal["none", "inplace", "ensemble", "external"] = "inplace"
+    name: Literal["none", "inplace", "ensemble", "external", "board"] = "inplace"
     ensemble_weights: Literal["optimal", "mean"] = "optimal"
     ensemble_nonnegative: bool = False
     ensemble_bound: float | None = Field(
@@ -136,6 +157,15 @@ class TeacherConfig(_Section):
         description="external: a run directory or checkpoint of this tool (its largest sub-network), "
         "or 'snapshot' for a frozen copy of the largest sub-network taken when shrinking starts (OFA)",
     )
+
+    board_size: int = Field(10, ge=1, description="board: paths kept on Cream's prioritized board (Cream: 10)")
+    board_slice: int = Field(4, ge=1, description="board: images stored per path and per look-ahead slice (Cream: 4)")
+    board_gap: float = Field(5.0, ge=0, description="board: top-1 points a path must beat the worst by (Cream: 5)")
+    board_pick: Literal["meta", "top1"] = Field(
+        "meta", description="board: the meta-matching network picks the teacher (Cream), or the best path with m = 0.5"
+    )
+    meta_update_every: int = Field(200, ge=1, description="board: steps between meta-network updates (Cream: 200)")
+    meta_lr: float | None = Field(None, gt=0, description="board: meta-network lr (default: the step's lr, as Cream)")
 
     @model_validator(mode="after")
     def _external_needs_source(self) -> TeacherConfig:
@@ -253,6 +283,9 @@ class Config(_Section):
     def _consistent(self) -> Config:
         if self.teacher.name == "ensemble" and self.sampler.name != "diversity" and self._num_students() < 2:
             raise ValueError("teacher 'ensemble' needs at least 2 sampled sub-networks per step")
+        s = self.sampler
+        if self.teacher.name == "board" and not (s.name == "uniform" and s.num_random == 1 and not s.include_largest):
+            raise ValueError("teacher 'board' (Cream) trains one path per step: use sampler {name: uniform, num_random: 1}")
         return self
 
     def _num_students(self) -> int:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -18,3 +19,8 @@ def make_activation(name: str) -> nn.Module:
         return _ACTIVATIONS[name]()
     except KeyError:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}") from None
+
+
+def hard_sigmoid(x: Tensor) -> Tensor:
+    """relu6(x + 3) / 6: torch's hard-sigmoid, written so that it has a second derivative (Cream's look-ahead)."""
+    return F.relu6(x + 3.0) / 6.0

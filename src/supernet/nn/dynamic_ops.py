@@ -12,6 +12,7 @@ import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from supernet.nn.activations import hard_sigmoid
 from supernet.nn.slicing import crop
 from supernet.nn.widths import se_width
 
@@ -166,4 +167,4 @@ class DynamicSqueezeExcite(nn.Module):
         c = x.shape[1]
         y = x.mean((2, 3), keepdim=True)
         y = F.relu(self.reduce(y, se_width(c)))
-        return x * F.hardsigmoid(self.expand(y, c))
+        return x * hard_sigmoid(self.expand(y, c))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from supernet.nn.activations import make_activation
+from supernet.nn.activations import hard_sigmoid, make_activation
 from supernet.nn.widths import block_mid_channels, se_width
 
 
@@ -29,11 +29,10 @@ class SqueezeExcite(nn.Module):
         self.reduce = nn.Conv2d(channels, reduced, 1, bias=True)
         self.expand = nn.Conv2d(reduced, channels, 1, bias=True)
         self.relu = nn.ReLU()
-        self.gate = nn.Hardsigmoid()
 
     def forward(self, x: Tensor) -> Tensor:
         y = x.mean((2, 3), keepdim=True)
-        return x * self.gate(self.expand(self.relu(self.reduce(y))))
+        return x * hard_sigmoid(self.expand(self.relu(self.reduce(y))))
 
 
 class Shortcut(nn.Module):

@@ -14,7 +14,7 @@ import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -99,18 +99,31 @@ class DiversityTable:
         )
 
 
+DiversityInputs = Literal["spread", "largest"]
+
+
 @torch.no_grad()
 def estimate_diversity(
-    net: Supernet, batches: Iterable[Tensor], space: SearchSpace, base: Arch | None = None
+    net: Supernet,
+    batches: Iterable[Tensor],
+    space: SearchSpace,
+    base: Arch | None = None,
+    inputs: DiversityInputs = "spread",
 ) -> DiversityTable:
     """Mean 1 - cosine similarity between each block's outputs under every pair of its operator choices.
 
-    Block inputs come from running `base` (default: the space's largest sub-network) in eval mode on
-    `batches` (image tensors or (images, labels) pairs, resized to `base.resolution` if needed); blocks
-    deeper than `base` reaches in a stage take the stage's output. Each block's output width is
-    `base`'s. The network's active arch, block settings and train/eval mode are restored afterwards.
+    `inputs` decides what each block is probed on. "spread" (EnNAS section 3.3): the images run through
+    every block position in turn; at each, every operator processes all of the position's inputs, and
+    the inputs of the next position are the operators' outputs dealt out evenly (image i takes operator
+    i mod T). "largest": the inputs `base` (default: the space's largest sub-network) gives each block,
+    blocks deeper than `base` reaches in a stage taking the stage's output. Blocks run at `base`'s stem
+    and stage widths in eval mode on `batches` (image tensors or (images, labels) pairs, resized to
+    `base.resolution` if needed). The network's active arch, block settings and train/eval mode are
+    restored afterwards.
     """
     base = space.largest() if base is None else space.validate(base)
+    if inputs not in ("spread", "largest"):
+        raise ValueError(f"diversity inputs must be 'spread' or 'largest', got {inputs!r}")
     if len(net.stages) != len(space.stages) or any(
         max(st.depths) > len(blocks) for st, blocks in zip(space.stages, net.stages)
     ):
@@ -119,31 +132,29 @@ def estimate_diversity(
     sums = [[torch.zeros(len(o), len(o), dtype=torch.float64) for o in stage] for stage in ops]
     saved_arch, saved_mode = net.active_arch, net.training
     saved_blocks = [_block_settings(blk) for st in net.stages for blk in st]
-    inputs: dict[tuple[int, int], Tensor] = {}
+    captured: dict[tuple[int, int], Tensor] = {}
     handles = []
     ref = next(net.parameters())
     count = 0
     try:
         net.eval()
         net.set_active(base)
-        for s, st in enumerate(space.stages):
-            last = base.depths[s] - 1
-            for b in range(base.depths[s]):
-                handles.append(net.stages[s][b].register_forward_pre_hook(_capture_input(inputs, (s, b))))
-            # Blocks that base leaves out see what its last block of the stage emits.
-            tail = [(s, b) for b in range(base.depths[s], max(st.depths))]
-            if tail:
-                handles.append(net.stages[s][last].register_forward_hook(_capture_output(inputs, tail)))
+        if inputs == "largest":
+            handles = _capture_block_inputs(net, space, base, captured)
         for batch in batches:
             images = batch[0] if isinstance(batch, (tuple, list)) else batch
             images = resize_batch(images.to(device=ref.device, dtype=ref.dtype), base.resolution)
             if images.shape[0] == 0:
                 continue
-            inputs.clear()
-            net(images)
-            for s, st in enumerate(space.stages):
-                for b in range(max(st.depths)):
-                    sums[s][b] += _block_diversity(st, net.stages[s][b], inputs[(s, b)], ops[s][b], base.widths[s])
+            if inputs == "spread":
+                _spread(net, space, base, images, ops, sums)
+            else:
+                captured.clear()
+                net(images)
+                for s, st in enumerate(space.stages):
+                    for b in range(max(st.depths)):
+                        outs = _outputs(st, net.stages[s][b], captured[(s, b)], ops[s][b], base.widths[s])
+                        sums[s][b] += _pairwise_diversity(outs)
             count += images.shape[0]
     finally:
         for h in handles:
@@ -167,22 +178,52 @@ def estimate_diversity(
     return DiversityTable.from_space(space, mats)
 
 
-def estimation_macs(space: SearchSpace, base: Arch, num_classes: int, in_channels: int | None = None) -> int:
-    """Multiply-adds per image of `estimate_diversity`: one pass of `base`, then every block under every op.
+def _capture_block_inputs(
+    net: Supernet, space: SearchSpace, base: Arch, store: dict[tuple[int, int], Tensor]
+) -> list[Any]:
+    """Hooks recording each block's input when `base` runs; blocks deeper than it see the stage's output."""
+    handles = []
+    for s, st in enumerate(space.stages):
+        last = base.depths[s] - 1
+        for b in range(base.depths[s]):
+            handles.append(net.stages[s][b].register_forward_pre_hook(_capture_input(store, (s, b))))
+        tail = [(s, b) for b in range(base.depths[s], max(st.depths))]
+        if tail:
+            handles.append(net.stages[s][last].register_forward_hook(_capture_output(store, tail)))
+    return handles
 
-    Each block position runs once per operator of its stage on the input `base` gives it (blocks deeper
-    than `base` reaches take the stage's output), at `base`'s output width, as `estimate_diversity` does.
+
+def _spread(net: Supernet, space: SearchSpace, base: Arch, images: Tensor, ops: list, sums: list) -> None:
+    """EnNAS's estimate on one batch: every operator of a layer on all its inputs, outputs dealt to the next."""
+    x = images.contiguous(memory_format=torch.channels_last) if net.channels_last else images
+    x = net.stem(x, base.stem_width)
+    rows = torch.arange(x.shape[0], device=x.device)
+    for s, st in enumerate(space.stages):
+        for b in range(max(st.depths)):
+            outs = _outputs(st, net.stages[s][b], x, ops[s][b], base.widths[s])
+            sums[s][b] += _pairwise_diversity(outs)
+            x = torch.stack(outs, dim=1)[rows, rows % len(outs)]
+
+
+def estimation_macs(
+    space: SearchSpace, base: Arch, num_classes: int, in_channels: int | None = None, inputs: DiversityInputs = "spread"
+) -> int:
+    """Multiply-adds per image of `estimate_diversity`: every block position under every operator.
+
+    "spread": the stem, then each position runs each operator of its own on the merged outputs of the
+    one before (no head). "largest": one pass of `base`, then each position once per operator on the
+    input `base` gives it (blocks deeper than `base` reaches take the stage's output). Widths are `base`'s.
     """
     c_in = space.in_channels if in_channels is None else in_channels
-    _, _, size = stem_cost(space, base.resolution, base.stem_width, c_in)
+    stem_macs, _, size = stem_cost(space, base.resolution, base.stem_width, c_in)
     c = base.stem_width
-    total = macs(space, base, num_classes, c_in)
+    total = stem_macs if inputs == "spread" else macs(space, base, num_classes, c_in)
     for s, st in enumerate(_families(space)):
         width, genes = base.widths[s], base.blocks[s]
         for b in range(max(st.depths)):
             total += sum(st.block_cost(b, c, width, size, op)[0] for op in block_ops(st, b))
-            if b < len(genes):  # the next block's input is what base's block b emits
-                size = st.block_cost(b, c, width, size, genes[b])[2]
+            if inputs == "spread" or b < len(genes):  # the next position's input: merged outputs, or base's block
+                size = st.block_cost(b, c, width, size, genes[min(b, len(genes) - 1)])[2]
                 c = width
     return total
 
@@ -214,13 +255,18 @@ def _capture_output(store: dict[tuple[int, int], Tensor], keys: list[tuple[int, 
     return hook
 
 
-def _block_diversity(stage: StageSpec, block: torch.nn.Module, x: Tensor, ops: Sequence[Op], width: int) -> Tensor:
-    """Sum over the batch of 1 - cos(block output under op t, under op u), as a (T x T) float64 matrix."""
+def _outputs(stage: StageSpec, block: torch.nn.Module, x: Tensor, ops: Sequence[Op], width: int) -> list[Tensor]:
+    """The block's output on `x` under each operator."""
     outs = []
     for op in ops:
         stage.configure(block, width, op)  # type: ignore[attr-defined]
-        outs.append(block(x).flatten(1).to(torch.float64))
-    y = torch.stack(outs, dim=1)  # (N, T, features)
+        outs.append(block(x))
+    return outs
+
+
+def _pairwise_diversity(outs: Sequence[Tensor]) -> Tensor:
+    """Sum over the batch of 1 - cos(output under op t, under op u), as a (T x T) float64 matrix."""
+    y = torch.stack([o.flatten(1).to(torch.float64) for o in outs], dim=1)  # (N, T, features)
     # 1 - cos(a, b) = |a/|a| - b/|b||^2 / 2, which is exactly 0 for identical outputs (no cancellation).
     dist = torch.cdist(
         F.normalize(y, dim=2), F.normalize(y, dim=2), compute_mode="donot_use_mm_for_euclid_dist"
@@ -393,11 +439,13 @@ class DiversitySampler:
     Resolution, stem, stage and head widths and stage depths are uniform and independent per network.
     Until `prepare` (or `set_diversity`) is called all operators count as equally diverse, so each
     block's m operators are a uniform draw without repeats (repeats only once all T are used).
+    `inputs` is how `prepare` probes the blocks (`estimate_diversity`).
     """
 
     def __init__(
         self,
         num_networks: int = 4,
+        inputs: DiversityInputs = "spread",
         max_enumerate: int = 20_000,
         mc_samples: int = 20_000,
         max_iters: int = 1000,
@@ -406,6 +454,7 @@ class DiversitySampler:
         if num_networks < 1:
             raise ValueError(f"num_networks must be at least 1, got {num_networks}")
         self.num_networks = num_networks
+        self.inputs = inputs
         self.max_enumerate = max_enumerate
         self.mc_samples = mc_samples
         self.max_iters = max_iters
@@ -417,7 +466,7 @@ class DiversitySampler:
 
     def prepare(self, net: Supernet, batches: Iterable[Tensor], space: SearchSpace) -> DiversityTable:
         """Re-estimate the diversity matrices on `batches` (start of every epoch) and recalibrate."""
-        table = estimate_diversity(net, batches, space)
+        table = estimate_diversity(net, batches, space, inputs=self.inputs)
         self.set_diversity(table)
         return table
 

@@ -55,9 +55,11 @@ from supernet.distributed import (
 from supernet.evaluation import Evaluator
 from supernet.fileio import atomic_write_text
 from supernet.model import Supernet, build_static
+from supernet.nn.batchnorm import frozen_bn_statistics
 from supernet.nn.dynamic_ops import DynamicBatchNorm2d
 from supernet.runs import load_supernet
 from supernet.space import Arch, SearchSpace
+from supernet.training.cream import CreamTeacher
 from supernet.training.diagnostics import epoch_record, group_diagnostics
 from supernet.training.diversity import DiversitySampler, estimation_macs
 from supernet.training.metrics import PASS_KINDS, MetricsLog
@@ -65,6 +67,7 @@ from supernet.training.reorder import reorder_channels
 from supernet.training.samplers import (
     AttentiveSampler,
     CompoundSampler,
+    MacsBins,
     SampleContext,
     Sampler,
     SandwichSampler,
@@ -128,19 +131,6 @@ class TrainResult:
     last_eval: dict[str, Any] = field(default_factory=dict)
 
 
-@contextlib.contextmanager
-def frozen_bn_statistics(net: nn.Module) -> Iterator[None]:
-    """Forward passes inside keep BN in batch-statistics mode but leave running statistics untouched."""
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
-    for m in bns:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, (momentum, tracked) in zip(bns, saved):
-            m.momentum = momentum
-            m.num_batches_tracked.copy_(tracked)
 
 
 def build_sampler(config: Config) -> Sampler:
@@ -149,13 +139,16 @@ def build_sampler(config: Config) -> Sampler:
     if s.name == "sandwich":
         return SandwichSampler(s.num_random)
     if s.name == "uniform":
-        return UniformSampler(s.num_random, s.include_largest)
+        bins = s.macs_bins
+        return UniformSampler(s.num_random, s.include_largest,
+                              macs_bins=None if bins is None else MacsBins(bins.low * 1e6, bins.high * 1e6, bins.step * 1e6,
+                                                                           bins.tries))
     if s.name == "compound":
         return CompoundSampler(s.num_random, s.sandwich)
     if s.name == "attentive":
         return AttentiveSampler(s.num_random, s.candidates, s.mode, s.num_buckets, target=s.target,
                                 prior_samples=s.prior_samples)
-    return DiversitySampler(num_networks=s.num_networks)
+    return DiversitySampler(num_networks=s.num_networks, inputs=s.inputs)
 
 
 def param_groups(net: nn.Module, weight_decay: float, decay_bn_and_bias: bool) -> list[dict[str, Any]]:
@@ -321,6 +314,9 @@ class Trainer:
             return InplaceTeacher(self.space.largest())
         if t.name == "ensemble":
             return EnsembleTeacher(t.ensemble_weights, t.ensemble_nonnegative, t.ensemble_bound)
+        if t.name == "board":
+            return CreamTeacher(self.num_classes, self.device, self._frozen_forward_on, t.board_size, t.board_slice,
+                                t.board_gap, t.board_pick, t.meta_update_every, t.meta_lr, seed=self.config.seed)
         if self._teacher_module is not None:
             return ExternalTeacher(self._teacher_module.to(self.device), None)
         if t.checkpoint == "snapshot":
@@ -380,6 +376,8 @@ class Trainer:
         }
         if hasattr(self.sampler, "state_dict"):
             state["sampler"] = self.sampler.state_dict()
+        if isinstance(self.teacher, CreamTeacher):
+            state["teacher"] = self.teacher.state_dict()
         return state
 
     def _load_state(self, state: dict[str, Any], path: Path, changed_settings: bool = False) -> None:
@@ -408,6 +406,8 @@ class Trainer:
             self.teacher = ExternalTeacher(self.snapshot, largest.resolution)
         if "sampler" in state and hasattr(self.sampler, "load_state_dict"):
             self.sampler.load_state_dict(state["sampler"])
+        if "teacher" in state and isinstance(self.teacher, CreamTeacher):
+            self.teacher.load_state_dict(state["teacher"])
 
     def _loader(self, epoch: int, start_step: int) -> Loader:
         """This rank's shard of the training batches of `epoch`, from `start_step` on."""
@@ -462,6 +462,11 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.bf16):
             return module(resize_batch(images, arch.resolution))
 
+    def _frozen_forward_on(self, arch: Arch, images: Tensor) -> Tensor:
+        """Logits of `arch` on `images` without gradients or BN statistics updates (counted as a teacher pass)."""
+        with self._passes("teacher"):
+            return self._frozen_forward(images)(arch)
+
     def _frozen_forward(self, images: Tensor) -> Any:
         def forward(arch: Arch) -> Tensor:
             with torch.no_grad(), frozen_bn_statistics(self.net):
@@ -506,9 +511,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         targets = None
         if plan.distill:
+            if isinstance(self.teacher, CreamTeacher) and self.teacher.update_due(self.global_step, images.shape[0]):
+                self._cream_look_ahead(archs[0], images, labels, plan.lr)
             with self._passes("teacher"):
                 targets = self.teacher.before_step(archs, images, labels, self._frozen_forward(images))
             self._count("teacher", self.teacher.external_macs(images) * self.dist.world_size)
+        weights = self.teacher.loss_weights() if isinstance(self.teacher, CreamTeacher) else None
         losses: list[float] = []
         student_losses: list[float] = []
         for i, arch in enumerate(archs):
@@ -525,7 +533,8 @@ class Trainer:
                         targets = self.teacher.from_full(logits, targets)
                 elif plan.distill and targets is not None:
                     d = cfg.distill
-                    loss = d.kd_weight * self.divergence(logits, targets) + (d.ce_weight * ce if d.ce_weight else 0.0)
+                    kd_weight, ce_weight = weights or (d.kd_weight, d.ce_weight)  # Cream: its per-step m
+                    loss = kd_weight * self.divergence(logits, targets) + (ce_weight * ce if ce_weight else 0.0)
                     scale = plan.sub_scale
                 else:
                     loss, scale = ce, plan.sub_scale
@@ -536,6 +545,10 @@ class Trainer:
                     return None
                 (loss * scale).backward()
                 self._count("gradient", 2 * self._arch_macs(arch) * images.shape[0] * self.dist.world_size)
+                if plan.distill and isinstance(self.teacher, CreamTeacher):
+                    top1 = 100.0 * (logits.detach().argmax(dim=1) == labels).float().mean().item()
+                    self.teacher.after_step(arch, logits.detach(), labels, images, targets,
+                                            mean_over_ranks([top1], self.dist)[0], self._arch_macs(arch))
             losses.append(loss.item())
             if not is_full:
                 student_losses.append(loss.item())
@@ -633,7 +646,7 @@ class Trainer:
             self.sampler.prepare(self.net, batches, self.space)
             images = sum(b.shape[0] for b in batches)
             self._count("preparation", estimation_macs(self.space, self.space.largest(), self.num_classes,
-                                                       self.data.in_channels) * images)
+                                                       self.data.in_channels, self.sampler.inputs) * images)
         if self.dist.enabled:  # one estimate for all ranks, so they keep drawing the same architectures
             self.sampler.load_state_dict(broadcast_object(self.sampler.state_dict(), self.dist))
 
@@ -751,6 +764,14 @@ class Trainer:
                 teacher = logits[archs[0]][1]
             groups.append(group_diagnostics([logits[a][1] for a in students], val_labels, teacher))
         return epoch_record(groups)
+
+    def _cream_look_ahead(self, student: Arch, images: Tensor, labels: Tensor, lr: float) -> None:
+        """Cream's meta-network update; its two slices' passes with gradients count as teacher passes (3x)."""
+        teacher = self.teacher
+        assert isinstance(teacher, CreamTeacher)
+        with self._passes("teacher"):
+            teacher.look_ahead(self.net, student, images, labels, lr, lambda v: mean_over_ranks(v, self.dist))
+        self._count("teacher", 2 * 3 * self._arch_macs(student) * teacher.slice * self.dist.world_size)
 
     def _uncounted_score(self, images: Tensor, labels: Tensor) -> Any:
         """A batch scorer for samplers that rank candidates, outside the training-cost counters."""

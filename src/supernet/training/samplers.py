@@ -51,30 +51,69 @@ class SandwichSampler:
         ]
 
 
+@dataclass(frozen=True)
+class MacsBins:
+    """MACs intervals [low + i step, low + (i + 1) step) below `high`, in MACs; SPOS draws one uniformly per path."""
+
+    low: float
+    high: float
+    step: float
+    tries: int = 500
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.low < self.high or self.step <= 0:
+            raise ValueError(f"MACs bins need 0 <= low < high and step > 0, got {self.low}, {self.high}, {self.step}")
+
+    def bins(self) -> list[tuple[float, float]]:
+        """The intervals, in order."""
+        edges, out = self.low, []
+        while edges < self.high - 1e-9 * self.step:
+            out.append((edges, min(edges + self.step, self.high)))
+            edges += self.step
+        return out
+
+    def sample(self, ctx: SampleContext) -> Arch:
+        """A bin uniformly, then uniform sub-networks until one lies in it (`tries` at most, then any)."""
+        lo, hi = ctx.rng.choice(self.bins())
+        for _ in range(self.tries):
+            arch = ctx.space.sample(ctx.rng)
+            if lo <= macs(ctx.space, arch, ctx.num_classes) <= hi:
+                return arch
+        return ctx.space.sample(ctx.rng)  # as SPOS: an empty or unlucky bin falls back to any path
+
+
 @dataclass
 class UniformSampler:
     """`num_random` uniformly sampled sub-networks, optionally preceded by the largest.
 
     With the largest included, the others are drawn from the space without it (DepS Eq. 4: the full
     model plus k-1 sub-networks from A minus the full model), so it never trains twice in one step.
+    With `macs_bins` each draw first picks one of the bins uniformly, then draws sub-networks until one
+    falls inside it (SPOS's official FLOPs-constrained sampling).
     """
 
     num_random: int = 1
     include_largest: bool = False
     max_redraws: int = 100
+    macs_bins: MacsBins | None = None
 
     def sample(self, ctx: SampleContext) -> list[Arch]:
         if not self.include_largest:
-            return [ctx.space.sample(ctx.rng) for _ in range(self.num_random)]
+            return [self._draw(ctx) for _ in range(self.num_random)]
         largest = ctx.space.largest()
         return [largest] + [self._other_than(largest, ctx) for _ in range(self.num_random)]
 
+    def _draw(self, ctx: SampleContext) -> Arch:
+        if self.macs_bins is None:
+            return ctx.space.sample(ctx.rng)
+        return self.macs_bins.sample(ctx)
+
     def _other_than(self, largest: Arch, ctx: SampleContext) -> Arch:
-        arch = ctx.space.sample(ctx.rng)
+        arch = self._draw(ctx)
         for _ in range(self.max_redraws):  # a space of one sub-network has nothing else to offer
             if arch != largest:
                 break
-            arch = ctx.space.sample(ctx.rng)
+            arch = self._draw(ctx)
         return arch
 
 

@@ -13,6 +13,7 @@ from supernet.cost import count_macs_by_hooks
 from supernet.data import resize_batch
 from supernet.distill import NoFiniteMinimiserError, ensemble_teacher
 from supernet.space import Arch
+from supernet.training.cream import CreamTeacher
 
 FrozenForward = Callable[[Arch], Tensor]  # logits of an arch on the step's batch, no grad, BN stats untouched
 
@@ -131,7 +132,12 @@ class ExternalTeacher:
 
 
 def teacher_stats(teacher: Teacher) -> dict[str, float]:
-    """What a teacher reports in the training records (the ensemble's separable batches so far)."""
+    """What a teacher reports in the training records: the ensemble's separable batches so far; Cream's
+    board size, this step's KD weight m (NaN while training on labels only) and meta-network updates."""
     if isinstance(teacher, EnsembleTeacher):
         return {"ensemble_separable_batches": float(teacher.separable_batches)}
+    if isinstance(teacher, CreamTeacher):
+        m = teacher.kd_scale
+        return {"board_size": float(len(teacher.board.entries)), "kd_scale": float("nan") if m is None else m,
+                "meta_updates": float(teacher.meta_updates)}
     return {}
