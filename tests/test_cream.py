@@ -130,7 +130,7 @@ def _frozen(net: Supernet, arch, x: torch.Tensor) -> torch.Tensor:
         return net(resize_batch(x, arch.resolution))
 
 
-CREAM = ["train.epochs=3", "optim.lr=0.8", "teacher.meta_update_every=3", "distill.start_epoch=0.2", "train.checkpoint_every_steps=5",
+CREAM = ["train.epochs=2", "optim.lr=0.8", "teacher.meta_update_every=3", "distill.start_epoch=0.2", "train.checkpoint_every_steps=5",
          "train.eval_every_epochs=1"]
 
 

@@ -100,7 +100,7 @@ def test_resume_with_another_number_of_processes(tmp_path) -> None:
             torch.testing.assert_close(got[key], ref[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
-SEARCH = {"population": 8, "parents": 4, "parent_selection": "buckets", "mutations": 4, "crossovers": 4, "iterations": 2}
+SEARCH = {"population": 8, "parents": 4, "parent_selection": "buckets", "mutations": 4, "crossovers": 4, "iterations": 1}
 
 
 def _search_worker(rank: int, world: int, port: int, run_dir: str, out: str) -> None:

@@ -32,7 +32,7 @@ def mean(values: list[float]) -> float:
 def spos_run(tmp_path_factory) -> Path:
     small_data(2048, 256)
     out = tmp_path_factory.mktemp("choice") / "spos"
-    assert main(["train", "configs/spos.yaml", "--out", str(out), "--set", "train.epochs=3", *SMALL]) == 0
+    assert main(["train", "configs/spos.yaml", "--out", str(out), "--set", "train.epochs=2", *SMALL]) == 0
     return out
 
 
