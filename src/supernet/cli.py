@@ -330,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train",
-        help="train a supernet with a recipe (AlphaNet, DepS, EnNAS, BigNAS, OFA, CompOFA, AttentiveNAS, ...)",
+        help="train a supernet with a recipe (AlphaNet, DepS, EnNAS, SPOS, Cream, BigNAS, OFA, CompOFA, "
+        "AttentiveNAS, ...)",
         description="Train a supernet. The run directory receives the resolved config, metrics.jsonl, "
         "TensorBoard events and checkpoints (latest.pt, epoch_NNN.pt), all written atomically. "
         "An interrupted run continues bit-exactly with --resume.",
