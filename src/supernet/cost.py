@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from supernet.families.base import FamilyStage
+from supernet.families.base import family_stages
 from supernet.nn.widths import conv_out_size, head_mid_channels
 from supernet.space import Arch, SearchSpace
 
@@ -24,12 +24,6 @@ class Cost:
 
     macs: int
     params: int
-
-
-def _family(stage: object) -> FamilyStage:
-    if not isinstance(stage, FamilyStage):
-        raise TypeError(f"stage family {getattr(stage, 'family', stage)!r} has no cost model")
-    return stage
 
 
 def stem_cost(space: SearchSpace, resolution: int, width: int, in_channels: int) -> tuple[int, int, int]:
@@ -49,9 +43,9 @@ def cost(space: SearchSpace, arch: Arch, num_classes: int, in_channels: int | No
     c_in = space.in_channels if in_channels is None else in_channels
     macs, params, size = stem_cost(space, arch.resolution, arch.stem_width, c_in)
     c = arch.stem_width
-    for s, st in enumerate(spec.stages):
+    for s, st in enumerate(family_stages(space)):
         for b, gene in enumerate(arch.blocks[s]):
-            block_macs, block_params, size = _family(st).block_cost(b, c, arch.widths[s], size, gene)
+            block_macs, block_params, size = st.block_cost(b, c, arch.widths[s], size, gene)
             macs += block_macs
             params += block_params
             c = arch.widths[s]

@@ -5,19 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from supernet.families.base import FamilyStage
+from supernet.families.base import family_stages
 from supernet.nn.dynamic_blocks import DynamicConvBnAct, DynamicHead
 from supernet.nn.static import Head, StaticNet, conv_bn_act
 from supernet.nn.widths import expanded_width, head_mid_channels
 from supernet.space import Arch, SearchSpace
-
-
-def _family_stages(space: SearchSpace) -> list[FamilyStage]:
-    stages = space.stages
-    for s, st in enumerate(stages):
-        if not isinstance(st, FamilyStage):  # a space parsed with a registry of non-building stages
-            raise TypeError(f"stage {s} ({st.family}) cannot build modules; parse the space with supernet.spaces")
-    return stages  # type: ignore[return-value]
 
 
 class Supernet(nn.Module):
@@ -45,7 +37,7 @@ class Supernet(nn.Module):
         self.stem = DynamicConvBnAct(
             self.in_channels, max(spec.stem.widths), spec.stem.kernel, spec.stem.stride, spec.stem.activation
         )
-        self.families = _family_stages(space)
+        self.families = family_stages(space)
         stages, prev_widths = [], spec.stem.widths
         for st in self.families:
             stages.append(nn.ModuleList(st.dynamic_blocks(prev_widths, kernel_transform)))
@@ -132,7 +124,7 @@ def build_static(
     spec = space.spec
     stem = conv_bn_act(in_channels, arch.stem_width, spec.stem.kernel, spec.stem.stride, spec.stem.activation)
     blocks, c = [], arch.stem_width
-    for s, st in enumerate(_family_stages(space)):
+    for s, st in enumerate(family_stages(space)):
         for b, gene in enumerate(arch.blocks[s]):
             blocks.append(st.static_block(b, c, arch.widths[s], gene))
             c = arch.widths[s]

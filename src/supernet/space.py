@@ -256,7 +256,7 @@ class Arch:
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
-        object.__setattr__(self, "blocks", tuple(tuple(_gene(g) for g in bs) for bs in self.blocks))
+        object.__setattr__(self, "blocks", tuple(tuple(as_gene(g) for g in bs) for bs in self.blocks))
         n = len(self.widths)
         if not (len(self.depths) == len(self.blocks) == n):
             raise ArchError(
@@ -346,13 +346,14 @@ def _zip_legacy(kernels: Any, ratios: Any) -> list:
         raise ArchError(f"malformed architecture: kernels and expand_ratios do not pair up ({err})") from None
 
 
-def _gene(value: Any) -> Gene:
+def as_gene(value: Any) -> Gene:
+    """A block's genes as Arch stores them: a tuple, strings kept, integral numbers as ints."""
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
         raise ArchError(f"a block's genes must be a list, got {value!r}")
-    return tuple(v if isinstance(v, str) else _number(v) for v in value)
+    return tuple(v if isinstance(v, str) else as_number(v) for v in value)
 
 
-def _number(value: float) -> float | int:
+def as_number(value: float) -> float | int:
     """Keep integral values as ints so JSON and hashing are stable (4 == 4.0)."""
     value = float(value)
     return int(value) if value.is_integer() else value
@@ -590,7 +591,7 @@ class SearchSpace:
         head = self.spec.head
         if head.mix:
             lines.append(
-                f"  head       expand x{_number(head.expand_ratio)}, last conv {fmt_choices(head.widths)} {head.activation}"
+                f"  head       expand x{as_number(head.expand_ratio)}, last conv {fmt_choices(head.widths)} {head.activation}"
             )
         else:
             lines.append(f"  head       1x1 conv {fmt_choices(head.widths)} {head.activation}, pool, classifier")
@@ -600,7 +601,7 @@ class SearchSpace:
 
 def fmt_choices(values: list) -> str:
     """Choices as `{a,b,c}`."""
-    return "{" + ",".join(str(v if isinstance(v, str) else _number(v)) for v in values) + "}"
+    return "{" + ",".join(str(v if isinstance(v, str) else as_number(v)) for v in values) + "}"
 
 
 def check_choice(what: str, value: Any, choices: list) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from supernet.nn.widths import block_mid_channels, conv_out_size, se_width
-from supernet.space import Gene, StageGenes, StageSpec
+from supernet.space import Gene, SearchSpace, StageGenes, StageSpec
 
 
 def _fmt(value: Any) -> str:
@@ -86,6 +86,18 @@ class FamilyStage(StageSpec):
     def encoding_size(self) -> int:
         """Length of `encode`'s output."""
         raise NotImplementedError
+
+
+def family_stages(space: SearchSpace) -> list[FamilyStage]:
+    """The space's stages as family stages (what builds modules, counts cost, keys latency and encodes).
+
+    Raises TypeError for a space parsed with a registry whose stages cannot build; `supernet.spaces`
+    parses with the package's families, whose stages all can.
+    """
+    for s, st in enumerate(space.stages):
+        if not isinstance(st, FamilyStage):
+            raise TypeError(f"stage {s} ({st.family}) is not a block family's stage; parse the space with supernet.spaces")
+    return space.stages  # type: ignore[return-value]
 
 
 def scale(value: float, choices: list) -> float:

@@ -8,6 +8,7 @@ a stage's first (which changes stride or width), as in ProxylessNAS, DNA and Cre
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from dataclasses import dataclass
@@ -37,8 +38,10 @@ class Operator:
     se: bool = False
 
 
+@functools.lru_cache(maxsize=256)
 def parse_operator(name: str) -> Operator:
-    """The operator a name denotes; ValueError naming the accepted forms otherwise."""
+    """The operator a name denotes; ValueError naming the accepted forms otherwise (cached: cost counts parse
+    every block of every sub-network they see)."""
     if name == IDENTITY:
         return Operator("identity")
     if name == "xception":
@@ -87,6 +90,13 @@ def operator_cost(op: Operator, c_in: int, width: int, size: int, stride: int, s
         m, p = _conv(*conv)
         macs, params = macs + m, params + p
     return macs, params, out
+
+
+@functools.lru_cache(maxsize=4096)
+def _nominal_macs(name: str, width: int, stride: int, shortcut: str) -> int:
+    """An operator's MACs at its stage's width on an 8 x 8 input: how largest() and smallest() rank a layer's
+    operators (cached: the training loop asks for the largest sub-network every step)."""
+    return operator_cost(parse_operator(name), width, width, 8, stride, shortcut)[0]
 
 
 @dataclass(frozen=True)
@@ -169,7 +179,7 @@ class ChoiceStage(FamilyStage):
         return [(op,) for op in self.ops if not (block == 0 and op == IDENTITY)]
 
     def _nominal_macs(self, b: int, gene: Gene) -> int:
-        return operator_cost(parse_operator(gene[0]), self.width, self.width, 8, self._block_stride(b), self.shortcut)[0]
+        return _nominal_macs(gene[0], self.width, self._block_stride(b), self.shortcut)
 
     def largest(self) -> StageGenes:
         """Per layer the operator with the most MACs."""

@@ -21,6 +21,7 @@ from supernet.space import (
     ArchError,
     Gene,
     StageGenes,
+    as_number,
     check_choice,
     fmt_choices,
     positive_unique,
@@ -48,12 +49,6 @@ class BlockLayer(LayerKey):
         return MBConv(
             self.in_c, self.out_c, self.kernel, self.expand_ratio, self.stride, self.se, self.activation, self.shortcut
         )
-
-
-def _ratio(value: float) -> float:
-    """Expand ratios as in Arch (4.0 -> 4) so keys from specs and from archs agree."""
-    value = float(value)
-    return int(value) if value.is_integer() else value
 
 
 class ElasticMBConvStage(FamilyStage):
@@ -88,7 +83,7 @@ class ElasticMBConvStage(FamilyStage):
     # -- genes -----------------------------------------------------------------------------------------
     def block_choices(self, block: int) -> list[Gene]:
         """Every (kernel, expand ratio) pair."""
-        return [(k, _ratio(e)) for k in self.kernels for e in self.expand_ratios]
+        return [(k, as_number(e)) for k in self.kernels for e in self.expand_ratios]
 
     def largest(self) -> StageGenes:
         """Widest, deepest, largest kernel and ratio."""
@@ -176,7 +171,7 @@ class ElasticMBConvStage(FamilyStage):
     def genes_text(self, genes: StageGenes) -> str:
         """`d2 w24 k3,5 e4,6`."""
         ks = ",".join(str(k) for k, _ in genes.blocks)
-        es = ",".join(f"{_ratio(e):g}" for _, e in genes.blocks)
+        es = ",".join(f"{as_number(e):g}" for _, e in genes.blocks)
         return f"d{len(genes.blocks)} w{genes.width} k{ks} e{es}"
 
     # -- modules -----------------------------------------------------------------------------------------
@@ -227,12 +222,12 @@ class ElasticMBConvStage(FamilyStage):
     def block_layer(self, b: int, c_in: int, width: int, gene: Gene, side: int) -> tuple[LayerKey | None, int]:
         """A `block(...)` table entry."""
         stride, kernel = (self.stride if b == 0 else 1), gene[0]
-        layer = BlockLayer(c_in, width, kernel, _ratio(gene[1]), stride, self.se, self.activation, self.shortcut, side)
+        layer = BlockLayer(c_in, width, kernel, as_number(gene[1]), stride, self.se, self.activation, self.shortcut, side)
         return layer, conv_out_size(side, kernel, stride)
 
     def stage_layers(self, states: set[tuple[int, int]]) -> tuple[set[LayerKey], set[tuple[int, int]]]:
         """The first block from every input state; later blocks keep channels and odd 'same' kernels the side."""
-        ratios = [_ratio(e) for e in self.expand_ratios]
+        ratios = [as_number(e) for e in self.expand_ratios]
         layers: set[LayerKey] = set()
         after_first: set[tuple[int, int]] = set()
         for c, side in states:

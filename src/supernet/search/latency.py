@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from supernet import spaces
-from supernet.families.base import FamilyStage, LayerKey
+from supernet.families.base import LayerKey, family_stages
 from supernet.families.choice import ChoiceLayer  # noqa: F401  (re-exported: a table layer kind)
 from supernet.families.elastic_mbconv import BlockLayer  # noqa: F401  (re-exported: a table layer kind)
 from supernet.fileio import atomic_write_text
@@ -278,7 +278,7 @@ def arch_layers(
     stem, side = _stem_layer(spec.stem, in_channels, arch.stem_width, arch.resolution)
     layers: list[Layer] = [stem]
     c = arch.stem_width
-    for s, st in enumerate(_families(space)):
+    for s, st in enumerate(family_stages(space)):
         for b, gene in enumerate(arch.blocks[s]):
             layer, side = st.block_layer(b, c, arch.widths[s], gene, side)
             if layer is not None:
@@ -299,20 +299,13 @@ def space_layers(space: SearchSpace, num_classes: int, in_channels: int | None =
             stem, side = _stem_layer(spec.stem, in_channels, w, r)
             layers.add(stem)
             states.add((w, side))
-    for st in _families(space):
+    for st in family_stages(space):
         stage_layers, states = st.stage_layers(states)
         layers |= stage_layers
     for c, side in states:
         for w in spec.head.widths:
             layers.add(_head_layer(spec.head, c, w, num_classes, side))
     return layers
-
-
-def _families(space: SearchSpace) -> list[FamilyStage]:
-    for s, st in enumerate(space.stages):
-        if not isinstance(st, FamilyStage):
-            raise LatencyError(f"stage {s} ({st.family}) has no latency layers")
-    return space.stages  # type: ignore[return-value]
 
 
 def _sorted(layers: Iterable[Layer]) -> list[Layer]:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from supernet.families.base import FamilyStage, scale
+from supernet.families.base import family_stages, scale
 from supernet.space import Arch, SearchSpace
 
 RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
@@ -33,7 +33,7 @@ def encode(space: SearchSpace, arch: Arch) -> np.ndarray:
     space.validate(arch)
     spec = space.spec
     values = [scale(arch.resolution, spec.resolutions), scale(arch.stem_width, spec.stem.widths)]
-    for s, st in enumerate(_families(space)):
+    for s, st in enumerate(family_stages(space)):
         values += st.encode(arch.stage(s))
     values.append(scale(arch.head_width, spec.head.widths))
     return np.asarray(values, dtype=np.float32)
@@ -41,14 +41,7 @@ def encode(space: SearchSpace, arch: Arch) -> np.ndarray:
 
 def encoding_size(space: SearchSpace) -> int:
     """Length of `encode`'s vectors for `space`."""
-    return 3 + sum(st.encoding_size() for st in _families(space))
-
-
-def _families(space: SearchSpace) -> list[FamilyStage]:
-    for s, st in enumerate(space.stages):
-        if not isinstance(st, FamilyStage):
-            raise TypeError(f"stage {s} ({st.family}) has no predictor encoding")
-    return space.stages  # type: ignore[return-value]
+    return 3 + sum(st.encoding_size() for st in family_stages(space))
 
 
 def kendall_tau(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:

@@ -22,9 +22,9 @@ from torch import Tensor
 
 from supernet.cost import macs, stem_cost
 from supernet.data.augment import resize_batch
-from supernet.families.base import FamilyStage
+from supernet.families.base import family_stages
 from supernet.model import Supernet
-from supernet.space import Arch, Gene, SearchSpace, StageSpec
+from supernet.space import Arch, Gene, SearchSpace, StageSpec, as_gene
 from supernet.training.samplers import SampleContext
 
 Op = Gene  # a block's genes: (kernel, expand_ratio) for elastic MBConv, (operator,) for choice blocks
@@ -218,7 +218,7 @@ def estimation_macs(
     stem_macs, _, size = stem_cost(space, base.resolution, base.stem_width, c_in)
     c = base.stem_width
     total = stem_macs if inputs == "spread" else macs(space, base, num_classes, c_in)
-    for s, st in enumerate(_families(space)):
+    for s, st in enumerate(family_stages(space)):
         width, genes = base.widths[s], base.blocks[s]
         for b in range(max(st.depths)):
             total += sum(st.block_cost(b, c, width, size, op)[0] for op in block_ops(st, b))
@@ -226,13 +226,6 @@ def estimation_macs(
                 size = st.block_cost(b, c, width, size, genes[min(b, len(genes) - 1)])[2]
                 c = width
     return total
-
-
-def _families(space: SearchSpace) -> list[FamilyStage]:
-    for s, st in enumerate(space.stages):
-        if not isinstance(st, FamilyStage):
-            raise TypeError(f"stage {s} ({st.family}) cannot build modules; parse the space with supernet.spaces")
-    return space.stages  # type: ignore[return-value]
 
 
 def _block_settings(block: torch.nn.Module) -> dict[str, Any]:
@@ -550,7 +543,7 @@ class DiversitySampler:
             self.table, self.weights, self.calibration_error, self._rows = None, None, 0.0, []
             return
         self.table = DiversityTable(
-            ops=tuple(tuple(tuple(_op(op) for op in ops) for ops in _per_block(stage, len(mats)))
+            ops=tuple(tuple(tuple(as_gene(op) for op in ops) for ops in _per_block(stage, len(mats)))
                       for stage, mats in zip(state["ops"], state["diversity"])),
             matrices=tuple(tuple(d.to(torch.float64).clone() for d in ms) for ms in state["diversity"]),
         )
@@ -568,11 +561,6 @@ def _per_block(stage: list, blocks: int) -> list:
     if stage and stage[0] and not isinstance(stage[0][0], (list, tuple)):
         return [stage] * blocks
     return stage
-
-
-def _op(op: Sequence[Any]) -> Op:
-    """An operator as Arch stores it: strings kept, integral numbers as ints."""
-    return tuple(v if isinstance(v, str) else (int(v) if float(v).is_integer() else float(v)) for v in op)
 
 
 def mean_pairwise_diversity(archs: Sequence[Arch], table: DiversityTable) -> float:
