@@ -6,7 +6,7 @@ multiply-adds of every convolution and linear layer (3x under autograd: forward 
 the logged `train_macs` (every kind of pass) against that, each kind's share, and what the gradient
 passes alone (the only passes counted before issue 10) amount to.
 
-    python benchmarks/training_cost.py [--steps 20] [--threads 2]
+    python benchmarks/training_cost.py [--steps 20] [--threads 2] [--recipes dna ...]
 """
 
 from __future__ import annotations
@@ -25,30 +25,39 @@ from supernet.training.metrics import PASS_KINDS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = ["alphanet", "bignas_kl", "symmetric_kl", "nokd", "attentivenas", "bignas", "deps", "deps_alpha", "ennas",
-           "ennas_wo_ds", "spos", "cream", "ofa", "compofa"]
+           "ennas_wo_ds", "spos", "cream", "dna_teacher", "dna", "ofa", "compofa"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="steps per epoch of every recipe")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=RECIPES, help="a subset (dna brings dna_teacher)")
     args = parser.parse_args()
+    names = [n for n in RECIPES if n in args.recipes or (n == "dna_teacher" and "dna" in args.recipes)]
     retain_freed_memory()
     torch.set_num_threads(args.threads)
     print(f"training cost, {args.steps} steps per epoch, batch 128, torch {torch.__version__}")
     print(f"{'recipe':<14} {'steps':>5} {'logged TMACs':>12} {'executed':>9} {'logged/executed':>15} "
           f"{'gradient only/executed':>22}  shares ({', '.join(PASS_KINDS)})")
-    for name in RECIPES:
-        config = load_config(CONFIGS / f"{name}.yaml", [f"train.max_steps_per_epoch={args.steps}",
-                                                         "train.eval_every_epochs=0"])
-        with tempfile.TemporaryDirectory() as tmp:
-            trainer = Trainer(config, Path(tmp) / "run", progress=False)
+    with tempfile.TemporaryDirectory() as keep:  # dna distils from the dna_teacher run trained just before it
+        for name in names:
+            overrides = [f"train.max_steps_per_epoch={args.steps}", "train.eval_every_epochs=0"]
+            if name == "dna":
+                overrides.append(f"teacher.checkpoint={Path(keep) / 'dna_teacher'}")
+            config = load_config(CONFIGS / f"{name}.yaml", overrides)
+            trainer = Trainer(config, Path(keep) / name, progress=False)
             with ExecutedMacs() as executed:
                 trainer.run()
-        c = trainer.counters
-        shares = " / ".join(f"{c[f'{kind}_macs'] / c['train_macs']:.3f}" for kind in PASS_KINDS)
-        print(f"{name:<14} {trainer.global_step:5d} {c['train_macs'] / 1e12:12.4f} {executed.total / 1e12:9.4f} "
-              f"{c['train_macs'] / executed.total:15.4f} {c['gradient_macs'] / executed.total:22.3f}  {shares}")
+            report(name, trainer, executed.total)
+
+
+def report(name: str, trainer: Trainer, executed: float) -> None:
+    """One row: logged vs executed MACs and each kind's share."""
+    c = trainer.counters
+    shares = " / ".join(f"{c[f'{kind}_macs'] / c['train_macs']:.3f}" for kind in PASS_KINDS)
+    print(f"{name:<14} {trainer.global_step:5d} {c['train_macs'] / 1e12:12.4f} {executed / 1e12:9.4f} "
+          f"{c['train_macs'] / executed:15.4f} {c['gradient_macs'] / executed:22.3f}  {shares}")
 
 
 if __name__ == "__main__":

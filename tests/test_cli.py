@@ -92,3 +92,16 @@ def test_train_bad_config_is_one_line_error(tmp_path, capsys: pytest.CaptureFixt
     assert "/nowhere" in capsys.readouterr().err
     leftover = tmp_path / "r2"
     assert not leftover.exists() or not any(leftover.iterdir())  # nothing half-written to trip a retry
+
+
+def test_search_defaults_are_alphanets_protocol() -> None:
+    """512 random sub-networks, then 19 generations of 128 mutations and 128 crossovers: 5,376 evaluations."""
+    from supernet.cli import build_parser
+    from supernet.search.evolution import SearchSettings
+
+    args = build_parser().parse_args(["search", "runs/x"])
+    settings = SearchSettings()
+    assert (args.population, args.iterations, args.mutations, args.crossovers, args.parents) == (
+        settings.population, settings.iterations, settings.mutations, settings.crossovers, settings.parents)
+    assert args.population + args.iterations * (args.mutations + args.crossovers) == 5376
+    assert (args.rank_by, args.block_images, args.block_measure) == ("val_top1", 1000, "mse")

@@ -142,3 +142,10 @@ def test_executed_macs_counts_what_runs_with_backward_as_twice_the_forward() -> 
     with ExecutedMacs() as run:
         net(x)
     assert run.total == 3 * 2 * macs(space, arch, 10)
+
+
+def test_counting_macs_by_hooks_leaves_every_module_in_its_own_mode() -> None:
+    frozen = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)).eval()
+    outer = torch.nn.Sequential(frozen, torch.nn.Conv2d(2, 2, 1))  # a training wrapper around a frozen part
+    assert count_macs_by_hooks(outer, (1, 1, 8, 8)) == 36 * 9 * 2 + 36 * 2 * 2
+    assert outer.training and outer[1].training and not any(m.training for m in frozen.modules())

@@ -25,6 +25,11 @@ FORBIDDEN = {
     "supernet.checkpoint": ("supernet.training", "supernet.search", "supernet.export", "supernet.runs"),
     "supernet.config": ("supernet.training", "supernet.search", "supernet.export", "supernet.runs"),
     "supernet.runs": ("supernet.training", "supernet.search", "supernet.export"),
+    # reading an export and DNA's blocks serve training and search alike: below both
+    "supernet.exported": ("supernet.training", "supernet.search", "supernet.export", "supernet.runs",
+                          "supernet.evaluation"),
+    "supernet.blockwise": ("supernet.training", "supernet.search", "supernet.export", "supernet.runs",
+                           "supernet.evaluation"),
     "supernet.evaluation": ("supernet.training", "supernet.search", "supernet.export", "supernet.runs"),
     "supernet.training": ("supernet.search", "supernet.export", "supernet.report", "supernet.demo", "supernet.cli"),
 }

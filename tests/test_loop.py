@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from supernet.checkpoint import RunDirError, load_checkpoint
+from supernet.export import export_subnet, load_subnet
 from supernet.training.loop import Trainer, TrainingStopped
 from supernet.training.metrics import read_metrics
 from training_helpers import quick_config, small_data
@@ -239,3 +240,38 @@ def test_rmsprop_trains_and_resumes_bit_exactly(tmp_path) -> None:
     assert all(torch.equal(oa[k]["square_avg"], ob[k]["square_avg"]) for k in oa)
     losses = [r["loss_full"] for r in read_metrics(tmp_path / "a") if r["kind"] == "train"]
     assert mean(losses[-3:]) < mean(losses[:3])
+
+
+def test_adam_trains_and_resumes_bit_exactly(tmp_path) -> None:
+    """DNA's optimizer: Adam with L2 weight decay on the weights only, resumable like SGD."""
+    data = small_data()
+    overrides = ["optim.name=adam", "optim.lr=0.004", "optim.weight_decay=1e-4", "train.epochs=1",
+                 "train.eval_every_epochs=0"]
+    straight = Trainer(quick_config("bignas.yaml", *overrides), tmp_path / "a", data=data, progress=False)
+    assert isinstance(straight.optimizer, torch.optim.Adam)
+    decay, no_decay = straight.optimizer.param_groups
+    assert (decay["weight_decay"], no_decay["weight_decay"], decay["eps"]) == (1e-4, 0.0, 1e-8)
+    straight.run()
+    first = Trainer(quick_config("bignas.yaml", *overrides), tmp_path / "b", data=data, progress=False)
+    first.run(until_step=3)
+    resumed = Trainer(None, tmp_path / "b", resume=True, data=data, progress=False)
+    resumed.run()
+    a, b = straight.net.state_dict(), resumed.net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = [r["loss_full"] for r in read_metrics(tmp_path / "a") if r["kind"] == "train"]
+    assert mean(losses[-3:]) < mean(losses[:3])
+
+
+def test_external_teacher_from_an_export(tmp_path) -> None:
+    first = train(tmp_path / "t", "nokd.yaml", "train.epochs=1", "train.eval_every_epochs=0")
+    arch = first.space.smallest()
+    export_subnet(first.net.extract(arch), first.space, arch, 10, 1, tmp_path / "exp", card={"source": "test"},
+                  onnx=False)
+    second = train(tmp_path / "s", "bignas.yaml", "train.epochs=1", "train.eval_every_epochs=0",
+                   "teacher.name=external", f"teacher.checkpoint={tmp_path / 'exp'}")
+    teacher = second.teacher
+    assert teacher.resolution == arch.resolution and not any(p.requires_grad for p in teacher.module.parameters())
+    x = torch.randn(2, 1, arch.resolution, arch.resolution)
+    assert torch.allclose(teacher.module(x), load_subnet(tmp_path / "exp")(x))
+    with pytest.raises(RunDirError, match="pass an export directory"):
+        train(tmp_path / "u", "bignas.yaml", "teacher.name=external", f"teacher.checkpoint={tmp_path / 'none'}")

@@ -31,8 +31,8 @@ COMPARISONS = {
     ),
     # EnNAS section 4.3: the ablation without diversity-based sampling changes only the sampler.
     "ennas ablation": (["ennas.yaml", "ennas_wo_ds.yaml"], {"sampler"}),
-    # EnNAS Table 1 on one choice-block space: SPOS differs from EnNAS in sampling, teacher and loss only.
-    "ennas table 1": (["ennas.yaml", "spos.yaml", "cream.yaml"], {"sampler", "teacher", "distill"}),
+    # EnNAS Table 1 on one choice-block space: SPOS, Cream and DNA differ from EnNAS in sampling, teacher and loss only.
+    "ennas table 1": (["ennas.yaml", "spos.yaml", "cream.yaml", "dna.yaml"], {"sampler", "teacher", "distill"}),
     "imagenet ennas table 1": (["imagenet/ennas.yaml", "imagenet/cream.yaml"], {"sampler", "teacher", "distill",
                                                                                  "train.diagnostic_draws"}),
     "imagenet ennas ablation": (["imagenet/ennas.yaml", "imagenet/ennas_wo_ds.yaml"], {"sampler"}),

@@ -9,7 +9,7 @@ import pytest
 
 from supernet import spaces
 from supernet.config import load_config
-from supernet.training.schedules import Schedule, cosine_lr, epsilon, linear_lr
+from supernet.training.schedules import Schedule, cosine_lr, epsilon, linear_lr, step_lr
 from training_helpers import CONFIGS
 
 
@@ -106,3 +106,16 @@ def test_linear_annealing_and_late_distillation() -> None:
     assert ennas.optim.lr_schedule == "linear" and ennas.distill.start_epoch == pytest.approx(ennas.train.epochs / 6)
     big = load_config(CONFIGS / "imagenet" / "ennas.yaml")
     assert (big.train.epochs, big.distill.start_epoch, big.optim.lr, big.optim.weight_decay) == (120, 20, 0.5, 4e-5)
+
+
+def test_step_decay_multiplies_the_lr_once_per_decay_period() -> None:
+    """DNA: the lr times 0.9 after every epoch (and after any warm-up)."""
+    config = load_config(None, ["optim.lr_schedule=step", "optim.warmup_epochs=0", "train.epochs=3",
+                                "optim.lr=0.256", "optim.step_decay_epochs=1", "optim.step_decay_rate=0.9"])
+    schedule = Schedule(config, spaces.get("fmnist"), steps_per_epoch=10, global_batch=256)
+    assert [schedule.plan(s).lr for s in (0, 9, 10, 19, 20, 29)] == pytest.approx(
+        [0.256, 0.256, 0.2304, 0.2304, 0.20736, 0.20736])
+    assert step_lr(15, 5, 1.0, 0.01, 4, 0.5) == pytest.approx(0.25) and step_lr(0, 5, 1.0, 0.01, 4, 0.5) == 0.01
+    dna = load_config(CONFIGS / "imagenet" / "dna.yaml")
+    assert (dna.optim.name, dna.optim.lr, dna.optim.lr_schedule, dna.optim.step_decay_rate, dna.train.epochs,
+            dna.optim.weight_decay, dna.optim.grad_clip.kind) == ("adam", 0.002, "step", 0.9, 20, 1e-4, "none")

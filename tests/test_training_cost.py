@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+import torch
+
+from supernet import Supernet, spaces
 from supernet.cost import ExecutedMacs
 from supernet.training.loop import Trainer
 from supernet.training.metrics import PASS_KINDS, read_metrics
 from training_helpers import quick_config, small_data
 
 RECIPES = ["alphanet.yaml", "bignas.yaml", "nokd.yaml", "attentivenas.yaml", "deps.yaml", "ennas.yaml", "ofa.yaml",
-           "compofa.yaml", "cream.yaml"]
-# Cream's board fills and its meta network updates within the one epoch
-EXTRA = {"cream.yaml": ["teacher.meta_update_every=3", "distill.start_epoch=0.2"]}
+           "compofa.yaml", "cream.yaml", "dna.yaml"]
+TINY_CHOICE = str(Path(__file__).parent / "data" / "tiny_choice.yaml")
+# Cream's board fills and its meta network updates within the one epoch; DNA needs one resolution
+EXTRA = {"cream.yaml": ["teacher.meta_update_every=3", "distill.start_epoch=0.2"], "dna.yaml": [f"space={TINY_CHOICE}"]}
+
+
+def block_teacher() -> torch.nn.Module:
+    space = spaces.get(TINY_CHOICE)
+    return Supernet(space, 10, 1).extract(space.largest()).eval()
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_logged_training_macs_match_what_ran(tmp_path, recipe: str) -> None:
     overrides = ["train.eval_every_epochs=0"] + ([] if recipe in ("ofa.yaml", "compofa.yaml") else ["train.epochs=1"])
     overrides += EXTRA.get(recipe, [])
-    trainer = Trainer(quick_config(recipe, *overrides), tmp_path / "run", data=small_data(), progress=False)
+    teacher = block_teacher() if recipe == "dna.yaml" else None
+    trainer = Trainer(quick_config(recipe, *overrides), tmp_path / "run", data=small_data(), teacher_module=teacher,
+                      progress=False)
     with ExecutedMacs() as executed:
         trainer.run()
     logged = trainer.counters["train_macs"]
@@ -31,6 +43,7 @@ def test_logged_training_macs_match_what_ran(tmp_path, recipe: str) -> None:
         "ofa.yaml": {"gradient", "teacher"},  # the frozen full network
         "compofa.yaml": {"gradient", "teacher"},
         "cream.yaml": {"gradient", "teacher"},  # the chosen board member, the matching scores, the look-ahead
+        "dna.yaml": {"gradient", "teacher"},  # the teacher up to its last block
     }.get(recipe, {"gradient"})
     if recipe == "cream.yaml":
         assert trainer.teacher.meta_updates > 0 and trainer.teacher.board.entries

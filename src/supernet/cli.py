@@ -100,7 +100,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_search(args: argparse.Namespace) -> int:
     from supernet.distributed import init_from_env, shutdown
     from supernet.search.evolution import SearchSettings
-    from supernet.search.job import open_run, run_search
+    from supernet.search.job import BlockRanking, open_run, run_search
 
     out = Path(args.out or Path(args.run_dir) / "search")
     states = sorted(out.glob("search_state*.json")) if out.is_dir() else []
@@ -124,11 +124,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
             population=args.population, parents=args.parents, parent_selection=args.parent_selection,
             num_buckets=args.buckets, cost_steps=args.cost_steps, mutations=args.mutations,
             mutation_prob=args.mutation_prob, crossovers=args.crossovers, iterations=args.iterations,
-            seed=args.seed, prescreen_keep=args.prescreen_keep if args.predictor else None,
+            seed=args.seed, prescreen_keep=args.prescreen_keep if args.predictor else None, rank_by=args.rank_by,
         )
+        ranking = BlockRanking(args.block_teacher, args.block_images, args.block_measure)
         report = run_search(opened, out, constraints=args.constraint, budgets=args.budgets, settings=settings,
                             predictor=args.predictor, latency=latency, progress=not args.no_progress, dist=ctx,
-                            pareto_reading=args.pareto_reading)
+                            pareto_reading=args.pareto_reading, block_ranking=ranking)
     finally:
         shutdown(ctx)
     if ctx.is_main:
@@ -149,6 +150,8 @@ def _print_front(report: dict) -> None:
           f"{report['search']['evaluations']} evaluated")
     print(f"mean Pareto accuracy ({report['pareto_reading']} reading): test {report['mean_pareto_accuracy']:.2%} "
           f"on {images.get('test', '?')} images, val {report['mean_pareto_accuracy_val']:.2%}")
+    if report.get("block_ranking"):
+        print(f"ranked by {report['block_ranking']} (DNA); the chosen sub-networks' accuracies below")
     screen = report["search"].get("predictor")
     if screen:
         print(f"predictor: held-out Kendall tau {screen['kendall_tau']:.3f} (fit on {screen['fit_on']}, "
@@ -399,10 +402,19 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--mutations", type=_count, default=128, help="mutated children per generation")
     search.add_argument("--mutation-prob", type=_probability, default=0.2, help="probability that a gene mutates")
     search.add_argument("--crossovers", type=_count, default=128, help="crossed children per generation")
-    search.add_argument("--iterations", type=_count, default=20, help="generations after the initial population")
+    search.add_argument("--iterations", type=_count, default=19, help="generations after the initial population")
     search.add_argument("--seed", type=int, default=0, help="seed of the search's random draws")
     search.add_argument("--pareto-reading", choices=["staircase", "trapezoid"], default="staircase",
                         help="how mean Pareto accuracy reads the front between its members (both are saved)")
+    search.add_argument("--rank-by", choices=["val_top1", "block_loss"], default="val_top1",
+                        help="val_top1: accuracy after BN recalibration; block_loss: DNA's summed block losses "
+                        "against the run's block teacher (the chosen sub-networks are then measured on val and test)")
+    search.add_argument("--block-teacher", metavar="EXPORT_OR_RUN",
+                        help="block_loss: the teacher (default: the run's teacher.checkpoint)")
+    search.add_argument("--block-images", type=_positive_int, default=1000,
+                        help="block_loss: val images the losses are measured on")
+    search.add_argument("--block-measure", choices=["mse", "relative_l1"], default="mse",
+                        help="block_loss: mse (DNA's Eq. 3) or relative_l1 (mean |error| / std, DNA's search code)")
     search.add_argument("--force", action="store_true",
                         help="discard a finished or saved search in --out (front.json, search_state*.json) and start over")
     search.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -477,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by input (config, data, architecture, checkpoint): printed as one line, no traceback."""
+    from supernet.blockwise import BlockwiseError
     from supernet.data import DatasetError
     from supernet.evaluation import CacheError
     from supernet.export import ExportError
@@ -488,7 +501,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from supernet.space import ArchError, SpaceError
 
     return (SpaceError, ArchError, ConfigError, DatasetError, RunDirError, ExportError, CacheError, SearchError,
-            ConstraintError, LatencyError, MissingLayerError, ReportError, FrontFileError, FileNotFoundError)
+            ConstraintError, LatencyError, MissingLayerError, ReportError, FrontFileError, BlockwiseError,
+            FileNotFoundError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

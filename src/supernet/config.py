@@ -56,11 +56,13 @@ class GradClipConfig(_Section):
 
 
 class OptimConfig(_Section):
-    """SGD with Nesterov momentum (or RMSProp) and a cosine or linear schedule with linear warm-up."""
+    """SGD with Nesterov momentum (or RMSProp, Adam) and a cosine, linear or step schedule with linear warm-up."""
 
-    name: Literal["sgd", "rmsprop"] = Field(
-        "sgd", description="sgd (momentum, nesterov) or rmsprop (BigNAS as DepS's ImageNet table trains it)"
+    name: Literal["sgd", "rmsprop", "adam"] = Field(
+        "sgd", description="sgd (momentum, nesterov), rmsprop (BigNAS as DepS's ImageNet table trains it) or adam "
+        "(DNA's supernet; weight decay added to the gradient, as its code's optimizer)"
     )
+    adam_eps: float = Field(1e-8, gt=0, description="adam: added to the root mean square")
     rmsprop_alpha: float = Field(0.9, gt=0, lt=1, description="rmsprop: decay of the squared-gradient average")
     rmsprop_eps: float = Field(1e-3, gt=0, description="rmsprop: added to the root mean square (torch places it "
                                "outside the square root, TensorFlow inside)")
@@ -73,9 +75,12 @@ class OptimConfig(_Section):
     warmup_epochs: float = Field(0.0, ge=0)
     warmup_start_factor: float = Field(0.01, gt=0, le=1)
     min_lr_factor: float = Field(0.0, ge=0, le=1, description="final lr as a fraction of the peak")
-    lr_schedule: Literal["cosine", "linear"] = Field(
-        "cosine", description="decay after warm-up: cosine, or linear annealing (EnNAS)"
+    lr_schedule: Literal["cosine", "linear", "step"] = Field(
+        "cosine", description="decay after warm-up: cosine, linear annealing (EnNAS), or steps: times "
+        "step_decay_rate every step_decay_epochs (DNA)"
     )
+    step_decay_epochs: float = Field(1.0, gt=0, description="step schedule: epochs between decays")
+    step_decay_rate: float = Field(0.9, gt=0, le=1, description="step schedule: lr factor at each decay")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     grad_clip: GradClipConfig = GradClipConfig()
 
@@ -145,7 +150,7 @@ SamplerConfig = Annotated[
 class TeacherConfig(_Section):
     """Where students' soft targets come from."""
 
-    name: Literal["none", "inplace", "ensemble", "external", "board"] = "inplace"
+    name: Literal["none", "inplace", "ensemble", "external", "board", "blocks"] = "inplace"
     ensemble_weights: Literal["optimal", "mean"] = "optimal"
     ensemble_nonnegative: bool = False
     ensemble_bound: float | None = Field(
@@ -154,8 +159,9 @@ class TeacherConfig(_Section):
     )
     checkpoint: str | None = Field(
         None,
-        description="external: a run directory or checkpoint of this tool (its largest sub-network), "
-        "or 'snapshot' for a frozen copy of the largest sub-network taken when shrinking starts (OFA)",
+        description="external and blocks (DNA): an export directory, or a run directory or checkpoint of this "
+        "tool (its largest sub-network); external also 'snapshot', a frozen copy of the largest sub-network "
+        "taken when shrinking starts (OFA)",
     )
 
     board_size: int = Field(10, ge=1, description="board: paths kept on Cream's prioritized board (Cream: 10)")
@@ -171,6 +177,9 @@ class TeacherConfig(_Section):
     def _external_needs_source(self) -> TeacherConfig:
         if self.name == "external" and not self.checkpoint:
             raise ValueError("teacher.checkpoint is required for the external teacher (a run dir or 'snapshot')")
+        if self.name == "blocks" and (not self.checkpoint or self.checkpoint == "snapshot"):
+            raise ValueError("teacher.checkpoint is required for the blocks teacher (DNA): an export directory "
+                             "or a trained run directory")
         return self
 
 

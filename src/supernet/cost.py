@@ -101,14 +101,15 @@ def count_macs_by_hooks(module: nn.Module, input_shape: tuple[int, ...]) -> int:
             handles.append(m.register_forward_hook(on_conv))
         elif isinstance(m, nn.Linear):
             handles.append(m.register_forward_hook(on_linear))
-    was_training = module.training
+    modes = [(m, m.training) for m in module.modules()]  # each module's own mode, restored as it was
     try:
         module.eval()
         ref = next(module.parameters())
         with torch.no_grad():
             module(torch.zeros(input_shape, device=ref.device, dtype=ref.dtype))
     finally:
-        module.train(was_training)
+        for m, training in modes:
+            m.training = training
         for h in handles:
             h.remove()
     return total

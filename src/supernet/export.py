@@ -33,25 +33,25 @@ from supernet import spaces
 from supernet.checkpoint import state_mismatch
 from supernet.cost import cost
 from supernet.evaluation import EvalResult
+from supernet.exported import (
+    ARCH_FILE,
+    CARD_FILE,
+    CARD_KEYS,
+    EXPORT_FILES,
+    EXPORT_FORMAT,
+    ONNX_FILE,
+    REEXPORT,
+    WEIGHTS_FILES,
+    ExportError,
+    build_fresh,
+    export_root,
+    load_subnet,
+    read_doc,
+    require,
+)
 from supernet.fileio import atomic_write_bytes, atomic_write_text
-from supernet.model import build_static
-from supernet.nn.static import StaticNet
 from supernet.onnx_bytes import onnx_bytes
-from supernet.space import Arch, ArchError, SearchSpace, SpaceError
-
-EXPORT_FORMAT = 1
-ARCH_FILE = "arch.json"
-ONNX_FILE = "model.onnx"
-CARD_FILE = "MODEL_CARD.md"
-WEIGHTS_FILES = {"safetensors": "model.safetensors", "torch": "model.pt"}
-EXPORT_FILES = frozenset({ARCH_FILE, ONNX_FILE, CARD_FILE, *WEIGHTS_FILES.values()})
-CARD_KEYS = ("source", "checkpoint_id", "dataset", "budget", "val", "test", "mean", "std", "notes")
-_DOC_KEYS = ("arch", "space", "num_classes", "in_channels", "weights")
-_REEXPORT = "re-export it with `supernet export`"
-
-
-class ExportError(ValueError):
-    """An export directory cannot be written, read or verified."""
+from supernet.space import Arch, SearchSpace
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def export_subnet(
     out_dir = Path(out_dir)
     card_doc = _card_doc(card, in_channels)
     _check_out_dir(out_dir, overwrite)
-    net = _build(space, arch, num_classes, in_channels)
+    net = build_fresh(space, arch, num_classes, in_channels)
     state = {key: value.detach().cpu() for key, value in module.state_dict().items()}
     problem = state_mismatch(net.state_dict(), state)
     if problem:
@@ -141,27 +141,6 @@ def export_subnet(
     )
 
 
-def load_subnet(path: str | os.PathLike[str]) -> StaticNet:
-    """Rebuild an exported sub-network (eval mode) from its directory, without any supernet."""
-    root = _export_root(path)
-    doc = _read_doc(root)
-    try:
-        space = spaces.from_dict(doc["space"], source=f"{root / ARCH_FILE} (space)")
-        arch = space.validate(Arch.from_dict(doc["arch"]))
-    except (SpaceError, ArchError) as err:
-        raise ExportError(f"{root / ARCH_FILE}: {err}; {_REEXPORT}") from None
-    net = _build(space, arch, doc["num_classes"], doc["in_channels"])
-    weights = root / doc["weights"]
-    state = _read_weights(weights)
-    problem = state_mismatch(net.state_dict(), state)
-    if problem:
-        raise ExportError(
-            f"weights file {weights} does not match the architecture in {ARCH_FILE} ({problem}); {_REEXPORT}"
-        )
-    net.load_state_dict(state)
-    return net.eval()
-
-
 def verify_onnx(
     out_dir: str | os.PathLike[str], atol: float = 1e-4, batch_size: int = 3, seed: int = 0
 ) -> float:
@@ -170,15 +149,15 @@ def verify_onnx(
     Raises ExportError when it exceeds `atol`. The batch differs from the export's batch of one, so the
     dynamic batch axis is exercised too.
     """
-    root = _export_root(out_dir)
-    doc = _read_doc(root)
+    root = export_root(out_dir)
+    doc = read_doc(root)
     onnx_path = root / ONNX_FILE
     if doc.get("onnx") is None:
-        raise ExportError(f"{root} was exported without ONNX (no {ONNX_FILE}); {_REEXPORT}")
+        raise ExportError(f"{root} was exported without ONNX (no {ONNX_FILE}); {REEXPORT}")
     if not onnx_path.is_file():
-        raise ExportError(f"{onnx_path} not found; the export is incomplete, {_REEXPORT}")
+        raise ExportError(f"{onnx_path} not found; the export is incomplete, {REEXPORT}")
     model = load_subnet(root)
-    ort = _require("onnxruntime", "to verify the ONNX model")
+    ort = require("onnxruntime", "to verify the ONNX model")
     resolution = doc["arch"]["resolution"]
     images = torch.randn(
         batch_size, doc["in_channels"], resolution, resolution, generator=torch.Generator().manual_seed(seed)
@@ -191,7 +170,7 @@ def verify_onnx(
     except Exception as err:  # noqa: BLE001 -- onnxruntime's error classes derive from Exception only
         raise ExportError(
             f"onnxruntime cannot run {onnx_path} ({type(err).__name__}: {' '.join(str(err).split())}); "
-            f"{_REEXPORT}"
+            f"{REEXPORT}"
         ) from None
     with torch.no_grad():
         torch_out = model(images)
@@ -202,18 +181,12 @@ def verify_onnx(
     diff = float((torch.from_numpy(onnx_out) - torch_out).abs().max())
     if not diff <= atol:  # also catches NaN
         raise ExportError(
-            f"{onnx_path} differs from the PyTorch model by {diff:.3g} (> atol {atol:g}); {_REEXPORT}"
+            f"{onnx_path} differs from the PyTorch model by {diff:.3g} (> atol {atol:g}); {REEXPORT}"
         )
     return diff
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def _build(space: SearchSpace, arch: Arch, num_classes: int, in_channels: int) -> StaticNet:
-    # The fresh initialisation is overwritten; keep the caller's global random stream untouched.
-    with torch.random.fork_rng(devices=[]):
-        return build_static(space, arch, num_classes, in_channels)
 
 
 def _few(items: list[str], n: int = 3) -> str:
@@ -307,83 +280,11 @@ def _publish(staging: Path, out_dir: Path, overwrite: bool) -> None:
 def _write_weights(path: Path, state: dict[str, Tensor], weights_format: str) -> None:
     tensors = {key: value.detach().cpu().contiguous() for key, value in state.items()}
     if weights_format == "safetensors":
-        st = _require("safetensors.torch", "to write safetensors weights (or use weights_format='torch')")
+        st = require("safetensors.torch", "to write safetensors weights (or use weights_format='torch')")
         data = st.save(tensors, metadata={"format": "pt", "supernet_export": str(EXPORT_FORMAT)})
         atomic_write_bytes(path, lambda fh: fh.write(data))
     else:
         atomic_write_bytes(path, lambda fh: torch.save(tensors, fh))
-
-
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise ExportError(f"weights file {path} not found; the export is incomplete, {_REEXPORT}")
-    if path.suffix == ".safetensors":
-        st = _require("safetensors.torch", "to read safetensors weights")
-        from safetensors import SafetensorError
-
-        try:
-            return st.load_file(path)
-        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise ExportError(
-                f"weights file {path} is not a valid safetensors file ({err}); {_REEXPORT}"
-            ) from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - arbitrary bytes fail inside the unpickler in arbitrary ways
-        raise ExportError(
-            f"weights file {path} is not a weights-only torch file of tensors "
-            f"({type(err).__name__}); {_REEXPORT}"
-        ) from None
-
-
-def _export_root(path: str | os.PathLike[str]) -> Path:
-    root = Path(path)
-    if root.is_file() and root.name == ARCH_FILE:
-        root = root.parent
-    if not root.is_dir():
-        raise ExportError(
-            f"export directory {root} not found; expected a folder written by `supernet export` "
-            f"holding {ARCH_FILE} and {' or '.join(WEIGHTS_FILES.values())}"
-        )
-    return root
-
-
-def _read_doc(root: Path) -> dict[str, Any]:
-    path = root / ARCH_FILE
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ExportError(
-            f"{path} not found; {root} is not an export directory "
-            f"({ARCH_FILE} describes the architecture), {_REEXPORT}"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ExportError(f"{path} cannot be read as JSON ({err}); {_REEXPORT}") from None
-    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
-        raise ExportError(
-            f"{path} is not a supernet export description (format {EXPORT_FORMAT}); {_REEXPORT}"
-        )
-    missing = [key for key in _DOC_KEYS if key not in doc]
-    if missing:
-        raise ExportError(f"{path} lacks {missing}; {_REEXPORT}")
-    if doc["weights"] not in WEIGHTS_FILES.values():
-        raise ExportError(
-            f"{path} names weights {doc['weights']!r}; expected one of {sorted(WEIGHTS_FILES.values())}"
-        )
-    for key in ("num_classes", "in_channels"):
-        if not isinstance(doc[key], int) or isinstance(doc[key], bool) or doc[key] < 1:
-            raise ExportError(f"{path}: {key} must be a positive integer, got {doc[key]!r}; {_REEXPORT}")
-    return doc
-
-
-def _require(module: str, purpose: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        package = module.split(".")[0]
-        raise ExportError(f"the {package} package is needed {purpose}; pip install {package}") from None
 
 
 # -- model card ------------------------------------------------------------------------------------

@@ -84,17 +84,33 @@ class Supernet(nn.Module):
         return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
 
     def forward(self, x: Tensor) -> Tensor:
+        x = self.forward_stem(x)
+        x = self.forward_stages(x, 0, len(self.stages))
+        return self.forward_head(x)
+
+    def forward_stem(self, x: Tensor) -> Tensor:
+        """The active sub-network's stem on input images."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.stem(x, self.active_arch.stem_width)
+
+    def forward_stages(self, x: Tensor, first: int, stop: int) -> Tensor:
+        """Stages `first` to `stop - 1` of the active sub-network on the features entering stage `first`."""
         arch = self.active_arch
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        x = self.stem(x, arch.stem_width)
         total = sum(arch.depths)
-        index = 0
-        for stage, depth in zip(self.stages, arch.depths):
+        index = sum(arch.depths[:first])  # drop-connect grows with a block's depth in the whole network
+        for stage, depth in zip(self.stages[first:stop], arch.depths[first:stop]):
             for b in range(depth):
                 rate = self.drop_connect_rate * index / total
                 x = stage[b](x, rate, self.noise_generator)
                 index += 1
+        return x
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        """The active sub-network's head (expand conv, pool, classifier) on the last stage's features."""
+        arch = self.active_arch
         head = self.space.spec.head
         mid = head_mid_channels(head.mix, head.expand_ratio, x.shape[1], arch.head_width)
         return self.head(x, mid, arch.head_width, self.dropout_rate, self.noise_generator)

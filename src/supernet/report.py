@@ -309,7 +309,7 @@ def accuracy_figure(searches: Sequence[tuple[SearchInfo, Style]], notes: list[st
     all_macs = [c["macs"] for s, _ in items for c in s.data["front"] + s.data["evaluated"]]
     scale, unit = _macs_unit(max(all_macs, default=0))
     for s, st in items:
-        evaluated = s.data["evaluated"]
+        evaluated = [c for c in s.data["evaluated"] if isinstance(c.get("val_top1"), (int, float))]  # DNA ranks most
         ax.scatter(
             [c["macs"] / scale for c in evaluated],
             [100 * c["val_top1"] for c in evaluated],

@@ -1,4 +1,5 @@
-"""Restore a trained supernet from a run directory or a checkpoint file, for training, search and export alike."""
+"""Restore a trained supernet from a run directory or a checkpoint file, for training, search and export alike;
+load any trained network (an export or a run's largest sub-network) as a frozen module."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from supernet.checkpoint import (
     state_mismatch,
 )
 from supernet.config import config_from_dict
+from supernet.exported import is_export_dir, load_export
 from supernet.model import Supernet
+from supernet.nn.static import StaticNet
 from supernet.space import SearchSpace
 
 
@@ -71,3 +74,22 @@ def load_supernet(
         checkpoint_path=path,
         checkpoint_id=checkpoint_digest(path),
     )
+
+
+def load_network(source: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[StaticNet, int]:
+    """A trained network, frozen (eval mode, no gradients), and its input resolution.
+
+    `source` is an export directory (`supernet export`) or a run directory or checkpoint of this tool, whose
+    largest sub-network is taken.
+    """
+    if not Path(source).exists():
+        raise RunDirError(f"{source} not found; pass an export directory of `supernet export`, or a run directory "
+                          "of `supernet train` or one of its checkpoints/*.pt")
+    if is_export_dir(source):
+        exported = load_export(source)
+        net, resolution = exported.net, exported.arch.resolution
+    else:
+        run = load_supernet(source)
+        largest = run.space.largest()
+        net, resolution = run.net.extract(largest), largest.resolution
+    return net.to(device).eval().requires_grad_(False), resolution

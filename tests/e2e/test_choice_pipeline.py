@@ -88,3 +88,31 @@ def test_ennas_trains_on_the_choice_space(tmp_path: Path) -> None:
     assert all(r["networks"] == 4 for r in records) and records[-1]["preparation_macs"] > 0
     losses = [r["loss"] for r in records]
     assert mean(losses[-10:]) < mean(losses[:10]) - 0.1, losses
+
+
+def test_dna_distils_block_wise_from_a_trained_run_then_searches_by_block_loss(spos_run: Path, tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "dna"
+    assert main(["train", "configs/dna.yaml", "--out", str(out), "--set", "train.epochs=1",
+                 "--set", f"teacher.checkpoint={spos_run}", *SMALL, "--set", "optim.lr=0.4"]) == 0
+    records = [r for r in read_metrics(out) if r["kind"] == "train"]
+    assert all(r["networks"] == 1 and r["teacher_macs"] > 0 for r in records)  # one path, the teacher counted
+    block = [r["loss_block1"] for r in records]  # tiny_choice is one block: the stem to the last stage
+    assert mean(block[-10:]) < 0.8 * mean(block[:10]), block
+    search = tmp_path / "search"
+    assert main(["search", str(out), "--out", str(search), "--rank-by", "block_loss", "--block-images", "64",
+                 *TINY_SEARCH]) == 0
+    assert "ranked by block mse" in capsys.readouterr().out
+    front = json.loads((search / "front.json").read_text())
+    assert front["rank_by"] == "block_loss" and all(c["block_loss"] > 0 for c in front["evaluated"])
+    losses = [c["block_loss"] for c in sorted(front["front"], key=lambda c: c["macs"])]
+    assert losses == sorted(losses, reverse=True) and len(set(losses)) == len(losses)  # costlier: lower loss
+    assert all(c["val_top1"] is not None and c["test_top1"] is not None for c in front["front"])
+    exported = tmp_path / "export"
+    budget = front["front"][-1]["macs"]
+    assert main(["export", str(out), "--from-front", str(search), "--budget", f"macs<={budget}",
+                 "--out", str(exported)]) == 0
+    assert "ONNX max |diff|" in capsys.readouterr().out
+    chosen = json.loads((exported / "arch.json").read_text())["arch"]
+    assert chosen == front["front"][-1]["arch"]  # the lowest block loss within the budget
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0

@@ -7,12 +7,11 @@ Weight sharing follows AttentiveNAS/OFA: the first channels, and the centre of t
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from supernet.nn.activations import hard_sigmoid
+from supernet.nn.batchnorm import synchronized_batch_norm, synchronizing, update_factor
 from supernet.nn.slicing import crop
 from supernet.nn.widths import se_width
 
@@ -99,11 +98,11 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: Tensor) -> Tensor:
         c = x.shape[1]
-        if self.training and self.synchronized and dist.is_available() and dist.is_initialized():
-            return self._synchronized(x, c, self._factor())
+        if synchronizing(self):
+            return synchronized_batch_norm(self, x)
         if c == self.num_features:
             return super().forward(x)
-        factor = self._factor() if self.training else 0.0
+        factor = update_factor(self) if self.training else 0.0
         return F.batch_norm(
             x,
             self.running_mean[:c],
@@ -114,23 +113,6 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
             factor,
             self.eps,
         )
-
-    def _factor(self) -> float:
-        """Running-statistics update factor of this training forward (cumulative when momentum is None)."""
-        self.num_batches_tracked.add_(1)
-        return 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-
-    def _synchronized(self, x: Tensor, c: int, factor: float) -> Tensor:
-        local = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), x.new_tensor([x.numel() / c])])
-        total = dist_nn.all_reduce(local)  # differentiable: gradients flow through every rank's statistics
-        count = total[-1]
-        mean = total[:c] / count
-        var = (total[c : 2 * c] / count - mean * mean).clamp_min(0.0)
-        with torch.no_grad():
-            self.running_mean[:c].mul_(1 - factor).add_(factor * mean)
-            self.running_var[:c].mul_(1 - factor).add_(factor * var * count / (count - 1).clamp_min(1))
-        scale = self.weight[:c] * torch.rsqrt(var + self.eps)
-        return x * scale[None, :, None, None] + (self.bias[:c] - mean * scale)[None, :, None, None]
 
     def copy_to(self, bn: nn.BatchNorm2d) -> None:
         """Copy the active parameters and running statistics into a static BatchNorm."""

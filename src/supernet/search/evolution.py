@@ -27,6 +27,7 @@ digest): a state of another source is refused, since its accuracies no longer de
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -44,6 +45,7 @@ from supernet.space import Arch, SearchSpace
 
 STATE_FORMAT = 1
 PARENT_SELECTIONS = ("top", "per_cost_step", "buckets")
+RANKINGS = ("val_top1", "block_loss")  # what `evaluate` returns: val accuracy (higher better) or DNA's block loss
 Evaluate = Callable[[list[Arch]], Sequence[float]]
 Prescreen = Callable[[list[Arch], int, Sequence[Candidate]], Sequence[Arch]]
 EVAL_CHUNK = 32  # initial-population archs per evaluate call: the progress bar moves while it runs
@@ -80,6 +82,7 @@ class SearchSettings:
     max_redraws: int = 1000
     prescreen_keep: int | None = None
     cost: str = "macs"
+    rank_by: str = "val_top1"
 
     def __post_init__(self) -> None:
         if self.parent_selection not in PARENT_SELECTIONS:
@@ -98,14 +101,20 @@ class SearchSettings:
             raise SearchError(
                 f"search setting prescreen_keep must be at least 1 or None, got {self.prescreen_keep}"
             )
+        if self.rank_by not in RANKINGS:
+            raise SearchError(f"search setting rank_by must be one of {list(RANKINGS)}, got {self.rank_by!r}")
         try:
             check_metric(self.cost)
         except ValueError as err:
             raise SearchError(f"search setting cost: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable dict (inverse of `from_dict`)."""
-        return asdict(self)
+        """Plain JSON-serialisable dict (inverse of `from_dict`); rank_by only when not the default val_top1,
+        so states and fronts written before it existed still match."""
+        d = asdict(self)
+        if d["rank_by"] == "val_top1":
+            del d["rank_by"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchSettings:
@@ -162,7 +171,7 @@ class _Run:
         version, internal, gauss = data["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
         self.evaluated = [Candidate.from_dict(c) for c in data["evaluated"]]
-        self.accuracy = {c.arch: c.accuracy() for c in self.evaluated}
+        self.accuracy = {c.arch: c.score() for c in self.evaluated}
         self.generation = int(data["generation"])
 
 
@@ -222,7 +231,7 @@ def select_parents(
     """The parents of the next generation under `settings.parent_selection` (module docstring)."""
     # stable sorts: equally accurate, equally costly candidates keep their evaluation order
     def ranked(cands: Iterable[Candidate]) -> list[Candidate]:
-        return sorted(cands, key=lambda c: (-c.accuracy(), c.cost(settings.cost)))
+        return sorted(cands, key=lambda c: (-c.score(), c.cost(settings.cost)))
 
     if settings.parent_selection == "top":
         return [c.arch for c in ranked(evaluated)[: settings.parents]]
@@ -235,7 +244,14 @@ def select_parents(
     return [c.arch for bucket in buckets for c in ranked(bucket)[:keep]]
 
 
-def _evaluate(run: _Run, archs: list[Arch], objectives: Objectives, evaluate: Evaluate) -> None:
+def measured(objectives: Objectives, arch: Arch, value: float, rank_by: str = "val_top1") -> Candidate:
+    """The candidate of `arch` with what `evaluate` returned for it: its val top-1 or its block loss."""
+    if rank_by == "block_loss":
+        return dataclasses.replace(objectives.candidate(arch, None), block_loss=float(value))
+    return objectives.candidate(arch, value)
+
+
+def _evaluate(run: _Run, archs: list[Arch], objectives: Objectives, evaluate: Evaluate, settings: SearchSettings) -> None:
     if not archs:
         return
     accuracies = list(evaluate(list(archs)))
@@ -245,7 +261,7 @@ def _evaluate(run: _Run, archs: list[Arch], objectives: Objectives, evaluate: Ev
         acc = float(acc)
         if not math.isfinite(acc):
             raise SearchError(f"evaluate returned {acc} for an architecture; accuracies must be finite")
-        run.evaluated.append(objectives.candidate(arch, acc))
+        run.evaluated.append(measured(objectives, arch, acc, settings.rank_by))
         run.accuracy[arch] = acc
 
 
@@ -349,7 +365,7 @@ def evolutionary_search(
         if not resumed:
             population = _initial_population(space, objectives, settings, run)
             for start in range(0, len(population), EVAL_CHUNK):
-                _evaluate(run, population[start : start + EVAL_CHUNK], objectives, evaluate)
+                _evaluate(run, population[start : start + EVAL_CHUNK], objectives, evaluate, settings)
                 report(f"initial population {len(run.evaluated)}/{len(population)}")
             save()
         report(f"generation {run.generation}/{settings.iterations}")
@@ -357,7 +373,7 @@ def evolutionary_search(
             children = _children(space, objectives, settings, run)
             if prescreen is not None and settings.prescreen_keep is not None:  # checked: both or neither
                 children = _prescreened(children, prescreen, settings.prescreen_keep, run.evaluated)
-            _evaluate(run, children, objectives, evaluate)
+            _evaluate(run, children, objectives, evaluate, settings)
             run.generation += 1
             save()
             report(f"generation {run.generation}/{settings.iterations}")
@@ -431,11 +447,11 @@ def budget_search(
             continue
         for cand in result.evaluated:
             pool.setdefault(cand.arch, cand)
-            memo.setdefault(cand.arch, cand.accuracy())
+            memo.setdefault(cand.arch, cand.block_loss if cand.block_loss is not None else cand.accuracy())
     answers: list[tuple[Constraint, Candidate | None]] = []
     for budget in budgets:
         fits = objectives.with_constraints([budget])
         admitted = [c for c in pool.values() if fits.feasible(c.arch)]
-        best = max(admitted, key=lambda c: (c.accuracy(), -c.cost(budget.metric)), default=None)
+        best = max(admitted, key=lambda c: (c.score(), -c.cost(budget.metric)), default=None)
         answers.append((budget, best))
     return BudgetResult(answers, list(pool.values()))

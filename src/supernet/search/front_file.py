@@ -15,14 +15,18 @@ class FrontFileError(ValueError):
     """A search directory has no usable front.json."""
 
 
-def _check_candidate(c: Any, where: str, path: Path) -> None:
+def _check_candidate(c: Any, where: str, path: Path, scored: bool = False) -> None:
+    """A record with arch, macs and val_top1 (with `scored`: val_top1 or block_loss, as DNA's search leaves
+    the sub-networks it only ranked)."""
+    figures = ("val_top1", "block_loss") if scored else ("val_top1",)
     if not (
         isinstance(c, dict)
         and isinstance(c.get("arch"), dict)
         and isinstance(c.get("macs"), (int, float))
-        and isinstance(c.get("val_top1"), (int, float))
+        and any(isinstance(c.get(key), (int, float)) for key in figures)
     ):
-        raise FrontFileError(f"{path}: {where} is not a sub-network record with 'arch', 'macs' and 'val_top1'; {_RERUN}")
+        raise FrontFileError(f"{path}: {where} is not a sub-network record with 'arch', 'macs' and "
+                             f"{' or '.join(repr(k) for k in figures)}; {_RERUN}")
 
 
 def read_front(search_dir: str | Path) -> dict[str, Any]:
@@ -44,7 +48,7 @@ def read_front(search_dir: str | Path) -> dict[str, Any]:
             raise FrontFileError(f"{path} lacks a valid '{key}'; {_RERUN}")
     for key in ("front", "evaluated"):
         for i, c in enumerate(data[key]):
-            _check_candidate(c, f"{key}[{i}]", path)
+            _check_candidate(c, f"{key}[{i}]", path, scored=key == "evaluated")
     for key in ("buckets", "budgets"):
         for i, entry in enumerate(data.get(key) or []):
             if not isinstance(entry, dict):

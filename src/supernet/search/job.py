@@ -12,13 +12,20 @@ from typing import Any
 
 from tqdm import tqdm
 
+from supernet.blockwise import BlockLossRanker, TeacherBlocks
 from supernet.data import DataBundle, build_data
 from supernet.distributed import SINGLE, DistContext, sharded_map
 from supernet.evaluation import EvalResult, Evaluator
 from supernet.export import export_subnet, verify_onnx
 from supernet.fileio import atomic_write_text
-from supernet.runs import LoadedRun, load_supernet
-from supernet.search.evolution import SearchError, SearchSettings, budget_search, evolutionary_search
+from supernet.runs import LoadedRun, load_network, load_supernet
+from supernet.search.evolution import (
+    SearchError,
+    SearchSettings,
+    budget_search,
+    evolutionary_search,
+    measured,
+)
 from supernet.search.front_file import FRONT_FORMAT
 from supernet.search.objectives import Constraint, Objectives
 from supernet.search.pareto import READINGS, Candidate, bucket_table, pareto_front, pareto_summary
@@ -88,15 +95,49 @@ def open_run(
     return OpenRun(run, data, evaluator, Path(run_dir))
 
 
+@dataclass(frozen=True)
+class BlockRanking:
+    """How DNA's search measures block losses: the teacher (default: the run's `teacher.checkpoint`), the
+    number of val images, and the measure (`mse`, DNA's Eq. 3, or `relative_l1`, its code's |error| / std)."""
+
+    teacher: str | None = None
+    images: int = 1000
+    measure: str = "mse"
+
+
+def block_ranker(opened: OpenRun, ranking: BlockRanking) -> BlockLossRanker:
+    """The ranker of `ranking` on the run's val split, the teacher cut into blocks as in training."""
+    source = ranking.teacher or opened.run.config.get("teacher", {}).get("checkpoint")
+    if not source or source == "snapshot":
+        raise SearchError("ranking by block losses needs a teacher: this run was not trained with one (DNA's "
+                          "`teacher: {name: blocks, checkpoint: ...}`); pass --block-teacher EXPORT_OR_RUN")
+    if opened.data.val is None:
+        raise SearchError("ranking by block losses measures on the val split, which this run has none of; "
+                          "train with data.val_size > 0")
+    if ranking.images < 1:
+        raise SearchError(f"block-loss ranking needs at least one image, got {ranking.images}")
+    device = next(opened.run.net.parameters()).device
+    module, resolution = load_network(source, device)
+    teacher = TeacherBlocks(module, resolution, opened.run.in_channels)
+    batches, seen = [], 0
+    for images, _ in opened.evaluator.split_batches("val"):
+        if seen >= ranking.images:
+            break
+        batches.append(images[: ranking.images - seen])
+        seen += batches[-1].shape[0]
+    return BlockLossRanker(opened.run.net, teacher, batches, measure=ranking.measure, source=str(source))
+
+
 def best_under(front: Sequence[Candidate], budget: Constraint) -> Candidate | None:
-    """The most accurate front member satisfying a MACs, params or latency budget (None when none fits).
+    """The best front member (most accurate, or lowest block loss) within a MACs, params or latency budget
+    (None when none fits).
 
     A latency budget matches nothing on a front searched without latency figures.
     """
     if budget.metric == "latency" and any(c.latency_ms is None for c in front):
         return None
     fitting = [c for c in front if budget.admits(c.cost(budget.metric))]
-    return max(fitting, key=lambda c: c.val_top1) if fitting else None
+    return max(fitting, key=lambda c: c.score()) if fitting else None
 
 
 @dataclass(frozen=True)
@@ -140,7 +181,7 @@ class _PredictorScreen:
         self.predictor = AccuracyPredictor(opened.run.space)
 
     def __call__(self, children: list[Arch], k: int, evaluated: Sequence[Candidate]) -> list[Arch]:
-        self.predictor.fit([c.arch for c in evaluated], [c.val_top1 for c in evaluated])
+        self.predictor.fit([c.arch for c in evaluated], [c.score() for c in evaluated])
         return self.predictor.prescreen(children, k)
 
 
@@ -152,9 +193,9 @@ def predictor_report(
     if n_test < 3 or len(evaluated) - n_test < 3:
         return None
     train, test = evaluated[:-n_test], evaluated[-n_test:]
-    predictor = AccuracyPredictor(opened.run.space).fit([c.arch for c in train], [c.val_top1 for c in train])
+    predictor = AccuracyPredictor(opened.run.space).fit([c.arch for c in train], [c.score() for c in train])
     return {
-        "kendall_tau": predictor.rank_correlation([c.arch for c in test], [c.val_top1 for c in test]),
+        "kendall_tau": predictor.rank_correlation([c.arch for c in test], [c.score() for c in test]),
         "fit_on": len(train),
         "held_out": n_test,
     }
@@ -172,11 +213,15 @@ def run_search(
     progress: bool = True,
     dist: DistContext = SINGLE,
     pareto_reading: str = "staircase",
+    block_ranking: BlockRanking | None = None,
 ) -> dict[str, Any]:
     """Search the run's space on val, measure the chosen sub-networks on test, write out_dir/front.json.
 
     The headline figures (mean Pareto accuracy in `pareto_reading`, buckets, smallest and largest) are test
-    accuracies of sub-networks selected on val; the val figures stand beside them.
+    accuracies of sub-networks selected on val; the val figures stand beside them. With `settings.rank_by`
+    "block_loss" (DNA) candidates are ranked by their summed block losses against a teacher on val images
+    (`block_ranking`: which teacher, how many images, which measure); the chosen ones are then measured
+    for accuracy on val and test.
     """
     if pareto_reading not in READINGS:
         raise SearchError(f"unknown Pareto reading {pareto_reading!r}; use one of {list(READINGS)}")
@@ -187,13 +232,20 @@ def run_search(
         run.space, run.num_classes, run.in_channels, [Constraint.parse(c) for c in constraints], latency
     )
 
+    by_blocks = settings.rank_by == "block_loss"
+    ranker = block_ranker(opened, block_ranking or BlockRanking()) if by_blocks else None
+
     def evaluate(archs: list[Arch]) -> list[float]:
+        if ranker is not None:
+            return sharded_map(ranker, list(archs), dist)
         return [r.top1 for r in _evaluate_many(opened, archs, "val", dist)]
 
     screen = _PredictorScreen(opened) if predictor else None
     state_path = out_dir / "search_state.json"
     show = progress and dist.is_main
     source = f"checkpoint {run.checkpoint_id[:16]}"  # a different checkpoint makes a saved state stale
+    if ranker is not None:
+        source += f", {ranker.describe()}"
     budget_results: list[tuple[Constraint, Candidate | None]] = []
     if budgets:
         found = budget_search(
@@ -208,10 +260,9 @@ def run_search(
         )
         evaluated = list(result.evaluated)
     extremes = [run.space.smallest(), run.space.largest()]
-    extreme_acc = dict(zip(extremes, [r.top1 for r in _evaluate_many(opened, extremes, "val", dist)]))
     everything = {c.arch: c for c in evaluated}
-    for arch, acc in extreme_acc.items():
-        everything.setdefault(arch, objectives.candidate(arch, acc))
+    for arch, value in zip(extremes, evaluate(extremes)):
+        everything.setdefault(arch, measured(objectives, arch, value, settings.rank_by))
     front = pareto_front(everything.values())
     low, high = objectives.space_range("macs")
     buckets = bucket_table(everything.values(), low, high, NUM_BUCKETS)
@@ -223,11 +274,22 @@ def run_search(
     )
     ordered = sorted(chosen, key=lambda a: a.to_json())  # the same order on every rank
     tests: dict[Arch, EvalResult] = {}
-    with tqdm(total=len(ordered), disable=not show, desc="test split", unit="eval", dynamic_ncols=True) as bar:
-        for start in range(0, len(ordered), TEST_CHUNK):
-            part = ordered[start : start + TEST_CHUNK]
-            tests.update(zip(part, _evaluate_many(opened, part, "test", dist)))
-            bar.update(len(part))
+    vals: dict[Arch, EvalResult] = {}  # block-loss ranking: the chosen sub-networks' val accuracy
+    splits = ("val", "test") if by_blocks else ("test",)
+    for split in splits:
+        found = vals if split == "val" else tests
+        with tqdm(total=len(ordered), disable=not show, desc=f"{split} split", unit="eval",
+                  dynamic_ncols=True) as bar:
+            for start in range(0, len(ordered), TEST_CHUNK):
+                part = ordered[start : start + TEST_CHUNK]
+                found.update(zip(part, _evaluate_many(opened, part, split, dist)))
+                bar.update(len(part))
+    if by_blocks:
+        everything = {a: dataclasses.replace(c, val_top1=vals[a].top1) if a in vals else c
+                      for a, c in everything.items()}
+        front = [everything[c.arch] for c in front]
+        buckets = [dataclasses.replace(b, best=None if b.best is None else everything[b.best.arch]) for b in buckets]
+        budget_results = [(b, None if c is None else everything[c.arch]) for b, c in budget_results]
 
     def tested(c: Candidate) -> Candidate:
         if c.arch not in tests:
@@ -247,6 +309,8 @@ def run_search(
         "space": run.space.name,
         "num_classes": run.num_classes,
         "cost": settings.cost,
+        "rank_by": settings.rank_by,
+        "block_ranking": None if ranker is None else ranker.describe(),
         "constraints": list(constraints),
         "front": [with_test(c) for c in front],
         "evaluated": [c.to_dict() for c in everything.values()],

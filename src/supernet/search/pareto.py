@@ -36,7 +36,7 @@ from supernet.space import Arch
 
 Metric = Literal["macs", "params", "latency"]
 METRICS: tuple[str, ...] = ("macs", "params", "latency")
-_CANDIDATE_KEYS = {"arch", "macs", "params", "latency_ms", "val_top1", "test_top1", "test_top5"}
+_CANDIDATE_KEYS = {"arch", "macs", "params", "latency_ms", "val_top1", "test_top1", "test_top5", "block_loss"}
 
 
 def check_metric(metric: str) -> str:
@@ -52,7 +52,11 @@ def _optional_float(value: Any) -> float | None:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One evaluated sub-network: arch, analytic cost, measured latency (ms), accuracies (fractions)."""
+    """One evaluated sub-network: arch, analytic cost, measured latency (ms), accuracies (fractions).
+
+    A search ranked by DNA's block losses records `block_loss` (summed block losses on val, lower is better)
+    and ranks by it; its candidates carry accuracies only where they were measured (the chosen ones).
+    """
 
     arch: Arch
     macs: int
@@ -61,6 +65,7 @@ class Candidate:
     val_top1: float | None
     test_top1: float | None = None
     test_top5: float | None = None
+    block_loss: float | None = None
 
     def cost(self, metric: str = "macs") -> float:
         """The candidate's value of a cost metric (macs, params or latency in ms)."""
@@ -77,10 +82,16 @@ class Candidate:
             raise ValueError("candidate has no val_top1; evaluate it before ranking it")
         return self.val_top1
 
+    def score(self) -> float:
+        """What searches rank by, higher is better: minus the block loss where there is one, else val top-1."""
+        return -self.block_loss if self.block_loss is not None else self.accuracy()
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict with the arch as its dict (inverse of `from_dict`)."""
         d = asdict(self)
         d["arch"] = self.arch.to_dict()
+        if self.block_loss is None:
+            del d["block_loss"]  # accuracy-ranked searches write the records they always wrote
         return d
 
     @classmethod
@@ -103,21 +114,22 @@ class Candidate:
             val_top1=_optional_float(d["val_top1"]),
             test_top1=_optional_float(d.get("test_top1")),
             test_top5=_optional_float(d.get("test_top5")),
+            block_loss=_optional_float(d.get("block_loss")),
         )
 
 
 def pareto_front(cands: Iterable[Candidate], cost: str = "macs") -> list[Candidate]:
-    """Candidates no other beats on both lower cost and higher val_top1, by increasing cost.
+    """Candidates no other beats on both lower cost and higher score (val_top1, or minus block loss), by cost.
 
-    Cost and accuracy both rise strictly along the result: of several candidates with equal cost only
-    the most accurate stays, and of equal (cost, accuracy) points only the first given.
+    Cost and score both rise strictly along the result: of several candidates with equal cost only
+    the best stays, and of equal (cost, score) points only the first given.
     """
     check_metric(cost)
-    ranked = sorted(enumerate(cands), key=lambda ic: (ic[1].cost(cost), -ic[1].accuracy(), ic[0]))
+    ranked = sorted(enumerate(cands), key=lambda ic: (ic[1].cost(cost), -ic[1].score(), ic[0]))
     front: list[Candidate] = []
     for _, cand in ranked:
-        # the sort puts the most accurate of equal costs first, so `>` also drops costlier ties
-        if not front or cand.accuracy() > front[-1].accuracy():
+        # the sort puts the best of equal costs first, so `>` also drops costlier ties
+        if not front or cand.score() > front[-1].score():
             front.append(cand)
     return front
 
@@ -149,9 +161,9 @@ def bucket_index(value: float, low: float, high: float, n: int) -> int:
 def bucket_table(
     cands: Iterable[Candidate], low: float, high: float, n: int = 6, cost: str = "macs"
 ) -> list[Bucket]:
-    """The most accurate candidate in each of `n` equal cost intervals spanning [low, high] (DepS's table).
+    """The best-scored (most accurate) candidate in each of `n` equal cost intervals of [low, high] (DepS's table).
 
-    Candidates outside [low, high] are ignored; ties on accuracy go to the cheaper, then the first given.
+    Candidates outside [low, high] are ignored; ties on score go to the cheaper, then the first given.
     """
     check_metric(cost)
     if n < 1:
@@ -165,7 +177,7 @@ def bucket_table(
             continue
         i = bucket_index(value, low, high, n)
         cur = best[i]
-        if cur is None or (cand.accuracy(), -value) > (cur.accuracy(), -cur.cost(cost)):
+        if cur is None or (cand.score(), -value) > (cur.score(), -cur.cost(cost)):
             best[i] = cand
     width = (high - low) / n
     edges = [low + i * width for i in range(n)] + [high]

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from typing_extensions import Self
 
 from supernet import spaces
+from supernet.blockwise import BlockwiseStudent, TeacherBlocks, block_losses, match_blocks
 from supernet.checkpoint import (
     RESUME_KEYS,
     RunDir,
@@ -55,9 +56,8 @@ from supernet.distributed import (
 from supernet.evaluation import Evaluator
 from supernet.fileio import atomic_write_text
 from supernet.model import Supernet, build_static
-from supernet.nn.batchnorm import frozen_bn_statistics
-from supernet.nn.dynamic_ops import DynamicBatchNorm2d
-from supernet.runs import load_supernet
+from supernet.nn.batchnorm import frozen_bn_statistics, make_synchronizable, synchronized_statistics
+from supernet.runs import load_network
 from supernet.space import Arch, SearchSpace
 from supernet.training.cream import CreamTeacher
 from supernet.training.diagnostics import epoch_record, group_diagnostics
@@ -163,6 +163,8 @@ def build_optimizer(net: nn.Module, config: Config) -> torch.optim.Optimizer:
     """The optimizer a config names, over `param_groups` (no weight decay on BN parameters and biases)."""
     o = config.optim
     groups = param_groups(net, o.weight_decay, o.decay_bn_and_bias)
+    if o.name == "adam":
+        return torch.optim.Adam(groups, lr=o.lr, eps=o.adam_eps)
     if o.name == "rmsprop":
         return torch.optim.RMSprop(groups, lr=o.lr, alpha=o.rmsprop_alpha, eps=o.rmsprop_eps, momentum=o.momentum)
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
@@ -229,20 +231,23 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # initial weights from the config's seed, global RNG untouched
             torch.manual_seed(config.seed)
             self.net = Supernet(self.space, self.num_classes, self.data.in_channels, config.kernel_transform)
+        if config.train.sync_bn:  # choice-block operators hold plain BatchNorm2d: make them able to synchronise
+            make_synchronizable(self.net)
         self.net.to(self.device)
         self.net.set_channels_last(config.train.channels_last)
+        self._teacher_module = teacher_module
+        # DNA: the teacher cut into blocks, and the supernet run block by block on its features
+        self.block_teacher = self._build_block_teacher() if config.teacher.name == "blocks" else None
+        self.student = None if self.block_teacher is None else BlockwiseStudent(
+            self.net, match_blocks(self.block_teacher, self.space))
         self.ddp: DistributedDataParallel | None = None
         if self.dist.enabled:
             # Sub-networks use different parameter subsets, hence find_unused_parameters; BN running
             # statistics stay per rank (or are synchronised by sync_bn), hence no buffer broadcast.
             self.ddp = DistributedDataParallel(
-                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                self.net if self.student is None else self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True, broadcast_buffers=False,
             )
-        if config.train.sync_bn:
-            for m in self.net.modules():
-                if isinstance(m, DynamicBatchNorm2d):
-                    m.synchronized = True
         self.optimizer = build_optimizer(self.net, config)
         global_batch = config.data.batch_size * self.dist.world_size
         if len(self.data.train) < global_batch:
@@ -274,7 +279,6 @@ class Trainer:
                          "elapsed": 0.0, "gpu_hours": 0.0, "nonfinite_total": 0, "nonfinite_streak": 0}
         self._pass_kind = "teacher"  # what a no-grad supernet pass is counted as (see `_passes`)
         self._step_macs: dict[Arch, int] = {}
-        self._teacher_module = teacher_module
         self.snapshot: nn.Module | None = None
         self.teacher = self._build_teacher()
         if state is not None:
@@ -306,9 +310,18 @@ class Trainer:
             gc.collect()  # its reducer must go while the process group still exists
 
     # -- construction helpers ------------------------------------------------------------------------
+    def _build_block_teacher(self) -> TeacherBlocks:
+        t = self.config.teacher
+        if self._teacher_module is not None:
+            module, resolution = self._teacher_module.to(self.device), max(self.space.spec.resolutions)
+        else:
+            assert t.checkpoint is not None  # the config requires one for the blocks teacher
+            module, resolution = load_network(t.checkpoint, self.device)
+        return TeacherBlocks(module, resolution, self.data.in_channels)
+
     def _build_teacher(self) -> Teacher:
         t = self.config.teacher
-        if t.name == "none":
+        if t.name in ("none", "blocks"):  # DNA's block targets come from block_teacher
             return NoTeacher()
         if t.name == "inplace":
             return InplaceTeacher(self.space.largest())
@@ -321,7 +334,7 @@ class Trainer:
             return ExternalTeacher(self._teacher_module.to(self.device), None)
         if t.checkpoint == "snapshot":
             return ExternalTeacher(nn.Identity(), None)  # replaced by the snapshot when shrinking starts
-        module, resolution = load_teacher(t.checkpoint, self.device)
+        module, resolution = load_network(t.checkpoint, self.device)
         return ExternalTeacher(module, resolution)
 
     def _take_snapshot(self) -> None:
@@ -500,6 +513,16 @@ class Trainer:
             return [largest, *archs]
         return archs
 
+    def _apply_gradients(self) -> None:
+        """Clip the accumulated gradients as configured and take the optimizer step."""
+        clip = self.config.optim.grad_clip
+        if clip.kind == "value":
+            nn.utils.clip_grad_value_(self.net.parameters(), clip.value)
+        elif clip.kind == "norm":
+            nn.utils.clip_grad_norm_(self.net.parameters(), clip.value)
+        self.optimizer.step()
+        self._step_macs.clear()
+
     def train_step(self, images: Tensor, labels: Tensor, plan: StepPlan, epoch: int) -> dict[str, float] | None:
         """One optimizer step; returns its losses, or None when it was skipped for a non-finite loss."""
         cfg = self.config
@@ -509,6 +532,8 @@ class Trainer:
         check_same([a.to_json() for a in archs], f"the architectures of step {self.global_step}", self.dist)
         largest = plan.space.largest()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.student is not None:
+            return self._blockwise_step(images, labels, archs)
         targets = None
         if plan.distill:
             if isinstance(self.teacher, CreamTeacher) and self.teacher.update_due(self.global_step, images.shape[0]):
@@ -552,18 +577,45 @@ class Trainer:
             losses.append(loss.item())
             if not is_full:
                 student_losses.append(loss.item())
-        clip = cfg.optim.grad_clip
-        if clip.kind == "value":
-            nn.utils.clip_grad_value_(self.net.parameters(), clip.value)
-        elif clip.kind == "norm":
-            nn.utils.clip_grad_norm_(self.net.parameters(), clip.value)
-        self.optimizer.step()
-        self._step_macs.clear()
+        self._apply_gradients()
         return {
             "loss": sum(losses) / len(losses),
             "loss_full": losses[0] if archs[0] == largest else float("nan"),
             "loss_students": sum(student_losses) / len(student_losses) if student_losses else float("nan"),
             "networks": float(len(archs)),
+        }
+
+    def _blockwise_step(self, images: Tensor, labels: Tensor, archs: list[Arch]) -> dict[str, float] | None:
+        """DNA: every block of each sampled arch learns the teacher's block output from its previous one."""
+        assert self.student is not None and self.block_teacher is not None
+        x = resize_batch(images, self.block_teacher.resolution)
+        features = self.block_teacher(x)
+        self._count("teacher", self.block_teacher.macs_per_image * x.shape[0] * self.dist.world_size)
+        net, cfg = self.net, self.config
+        net.dropout_rate = net.drop_connect_rate = 0.0  # regularisation is for the largest network; DNA has none
+        module = self.ddp if self.ddp is not None else self.student
+        losses, per_block = [], [0.0] * len(features)
+        for i, arch in enumerate(archs):
+            synced = i == len(archs) - 1
+            net.set_active(arch)
+            with contextlib.nullcontext() if self.ddp is None or synced else self.ddp.no_sync():
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
+                    outputs, logits = module(x, features)
+                mse = block_losses(outputs, features)
+                loss = sum(mse) + F.cross_entropy(logits.float(), labels, label_smoothing=cfg.optim.label_smoothing)
+                if not all_agree(bool(torch.isfinite(loss)), self.dist):
+                    if self.ddp is not None and synced:
+                        (loss * 0.0).backward()  # DDP expects the synchronised pass to finish
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return None
+                loss.backward()
+            self._count("gradient", 3 * self._arch_macs(arch) * x.shape[0] * self.dist.world_size)
+            losses.append(loss.item())
+            per_block = [total + m.item() for total, m in zip(per_block, mse)]
+        self._apply_gradients()
+        return {
+            "loss": sum(losses) / len(losses), "loss_full": float("nan"), "loss_students": sum(losses) / len(losses),
+            "networks": float(len(archs)), **{f"loss_block{b + 1}": v / len(archs) for b, v in enumerate(per_block)},
         }
 
     # -- the run -------------------------------------------------------------------------------------
@@ -656,7 +708,9 @@ class Trainer:
         if plan.phase_start:
             self._enter_phase(plan)
         started = time.perf_counter()
-        out = self.train_step(images, labels, plan, epoch)
+        # sync_bn: statistics over all ranks in training steps only; evaluation runs on rank 0 alone
+        with synchronized_statistics(self.net) if cfg.train.sync_bn else contextlib.nullcontext():
+            out = self.train_step(images, labels, plan, epoch)
         self.counters["wall_time"] += time.perf_counter() - started
         if out is None:
             self.counters["nonfinite_total"] += 1
@@ -804,9 +858,3 @@ def _keep_global_batch(config: Config, global_batch: int, world_size: int) -> Co
 def _saved_space(state: dict[str, Any], path: Path) -> SearchSpace:
     return spaces.from_dict(state["space"], source=f"{path} (saved space)")
 
-
-def load_teacher(source: str, device: torch.device) -> tuple[nn.Module, int]:
-    """The largest sub-network of a run directory or checkpoint of this tool, frozen, and its resolution."""
-    run = load_supernet(source)
-    largest = run.space.largest()
-    return run.net.extract(largest).to(device).eval().requires_grad_(False), largest.resolution

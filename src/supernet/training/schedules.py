@@ -30,6 +30,13 @@ def linear_lr(step: int, total: int, peak: float, warmup: int, start_factor: flo
     return peak * (1.0 - (1.0 - min_factor) * progress)
 
 
+def step_lr(step: int, warmup: int, peak: float, start_factor: float, every: int, rate: float) -> float:
+    """Linear warm-up as `cosine_lr`, then `peak` times `rate` once per `every` steps after it (DNA's step decay)."""
+    if warmup > 0 and step < warmup:
+        return peak * (start_factor + (1.0 - start_factor) * step / warmup)
+    return peak * rate ** ((step - warmup) // max(every, 1))
+
+
 def epsilon(step: int, shrink_start: int, ramp_steps: int, eps_start: float) -> float:
     """DepS's sub-network gradient scale: eps_start at the shrink start, linearly up to 1 over `ramp_steps`."""
     if step < shrink_start:
@@ -106,8 +113,11 @@ class Schedule:
 
     def _lr(self, step: int, total: int, peak: float, warmup: int | None = None) -> float:
         o = self.config.optim
-        decay = linear_lr if o.lr_schedule == "linear" else cosine_lr
         warmup = self.warmup_steps if warmup is None else warmup
+        if o.lr_schedule == "step":
+            every = round(o.step_decay_epochs * self.steps_per_epoch)
+            return step_lr(step, warmup, peak, o.warmup_start_factor, every, o.step_decay_rate)
+        decay = linear_lr if o.lr_schedule == "linear" else cosine_lr
         return decay(step, total, peak, warmup, o.warmup_start_factor, o.min_lr_factor)
 
     def plan(self, step: int) -> StepPlan:
