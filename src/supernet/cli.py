@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train",
-        help="train a supernet with a recipe (AlphaNet, DepS, EnNAS, SPOS, Cream, BigNAS, OFA, CompOFA, "
+        help="train a supernet with a recipe (AlphaNet, DepS, EnNAS, SPOS, Cream, DNA, BigNAS, OFA, CompOFA, "
         "AttentiveNAS, ...)",
         description="Train a supernet. The run directory receives the resolved config, metrics.jsonl, "
         "TensorBoard events and checkpoints (latest.pt, epoch_NNN.pt), all written atomically. "
