@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -221,6 +222,19 @@ def test_ofa_phases_train_only_their_samples(tmp_path, recipe: str) -> None:
     assert seen and "full" not in seen
 
 
+def run_straight_and_resumed(straight: Trainer, other: Path, overrides: list[str], data) -> Trainer:
+    """Run `straight` to the end, and the same bignas config paused at step 3 and resumed in `other`;
+    assert both end with the same weights bit for bit and return the resumed trainer."""
+    straight.run()
+    first = Trainer(quick_config("bignas.yaml", *overrides), other, data=data, progress=False)
+    first.run(until_step=3)
+    resumed = Trainer(None, other, resume=True, data=data, progress=False)
+    resumed.run()
+    a, b = straight.net.state_dict(), resumed.net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    return resumed
+
+
 def test_rmsprop_trains_and_resumes_bit_exactly(tmp_path) -> None:
     """BigNAS as DepS's ImageNet table runs it: RMSProp (an optimizer option), resumable like SGD."""
     data = small_data()
@@ -229,13 +243,7 @@ def test_rmsprop_trains_and_resumes_bit_exactly(tmp_path) -> None:
     assert isinstance(straight.optimizer, torch.optim.RMSprop)
     group = straight.optimizer.param_groups[0]
     assert (group["alpha"], group["eps"], group["momentum"]) == (0.9, 1e-3, 0.9)
-    straight.run()
-    first = Trainer(quick_config("bignas.yaml", *overrides), tmp_path / "b", data=data, progress=False)
-    first.run(until_step=3)
-    resumed = Trainer(None, tmp_path / "b", resume=True, data=data, progress=False)
-    resumed.run()
-    a, b = straight.net.state_dict(), resumed.net.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    resumed = run_straight_and_resumed(straight, tmp_path / "b", overrides, data)
     oa, ob = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
     assert all(torch.equal(oa[k]["square_avg"], ob[k]["square_avg"]) for k in oa)
     losses = [r["loss_full"] for r in read_metrics(tmp_path / "a") if r["kind"] == "train"]
@@ -251,13 +259,7 @@ def test_adam_trains_and_resumes_bit_exactly(tmp_path) -> None:
     assert isinstance(straight.optimizer, torch.optim.Adam)
     decay, no_decay = straight.optimizer.param_groups
     assert (decay["weight_decay"], no_decay["weight_decay"], decay["eps"]) == (1e-4, 0.0, 1e-8)
-    straight.run()
-    first = Trainer(quick_config("bignas.yaml", *overrides), tmp_path / "b", data=data, progress=False)
-    first.run(until_step=3)
-    resumed = Trainer(None, tmp_path / "b", resume=True, data=data, progress=False)
-    resumed.run()
-    a, b = straight.net.state_dict(), resumed.net.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    run_straight_and_resumed(straight, tmp_path / "b", overrides, data)
     losses = [r["loss_full"] for r in read_metrics(tmp_path / "a") if r["kind"] == "train"]
     assert mean(losses[-3:]) < mean(losses[:3])
 

@@ -166,16 +166,20 @@ class BlockwiseStudent(nn.Module):
         self.blocks = list(blocks)
 
     def forward(self, images: Tensor, features: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
-        outputs = []
-        for i, block in enumerate(self.blocks):
-            x = self.net.forward_stem(images) if i == 0 else features[i - 1]
-            outputs.append(self.net.forward_stages(x, block.first, block.stop))
+        outputs = [run_block(self.net, block, i, images, features) for i, block in enumerate(self.blocks)]
         return outputs, self.net.forward_head(features[-1])
+
+
+def run_block(net: Supernet, block: Block, index: int, images: Tensor, features: Sequence[Tensor]) -> Tensor:
+    """Student block `index` of the active sub-network: from the images for block 0, else from the teacher's
+    previous block output."""
+    x = net.forward_stem(images) if index == 0 else features[index - 1]
+    return net.forward_stages(x, block.first, block.stop)
 
 
 def block_losses(outputs: Sequence[Tensor], features: Sequence[Tensor]) -> list[Tensor]:
     """DNA's Eq. (3) per block: the mean squared error between a student block's output and the teacher's."""
-    return [F.mse_loss(out.float(), target) for out, target in zip(outputs, features)]
+    return [block_error(out, target) for out, target in zip(outputs, features)]
 
 
 def block_key(arch: Arch, block: Block, index: int) -> tuple[object, ...]:
@@ -246,9 +250,7 @@ class BlockLossRanker:
                     features = self.teacher(x)
                     for key, (arch, i) in todo.items():
                         net.set_active(arch)
-                        block = self.blocks[i]
-                        inputs = net.forward_stem(x) if i == 0 else features[i - 1]
-                        out = net.forward_stages(inputs, block.first, block.stop)
+                        out = run_block(net, self.blocks[i], i, x, features)
                         totals[key] += block_error(out, features[i], self.measure).item() * x.shape[0]
                     images += x.shape[0]
         finally:
