@@ -11,6 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "supernet"
 
 # module (or package prefix) -> prefixes it must never import
 FORBIDDEN = {
+    "supernet.rounding": ("supernet.",),  # plain arithmetic under everything
     "supernet.nn": ("supernet.space", "supernet.families", "supernet.spaces", "supernet.model", "supernet.cost",
                     "supernet.training", "supernet.search", "supernet.export", "supernet.runs", "supernet.evaluation"),
     # the space core knows no family: families register with it, never the other way round

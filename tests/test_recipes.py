@@ -36,6 +36,13 @@ COMPARISONS = {
     "imagenet ennas table 1": (["imagenet/ennas.yaml", "imagenet/cream.yaml"], {"sampler", "teacher", "distill",
                                                                                  "train.diagnostic_draws"}),
     "imagenet ennas ablation": (["imagenet/ennas.yaml", "imagenet/ennas_wo_ds.yaml"], {"sampler"}),
+    # AlphaNet Tables 1-2 (section 4.1): slimmable networks without KD, with KL-KD and with adaptive KD.
+    "alphanet table 1": (["slimmable_nokd.yaml", "slimmable_kl.yaml", "slimmable_adaptive.yaml"],
+                         {"teacher", "distill"}),
+    "imagenet alphanet table 1 mbv1": ([f"imagenet/slimmable_mbv1_{v}.yaml" for v in ("nokd", "kl", "adaptive")],
+                                       {"teacher", "distill"}),
+    "imagenet alphanet table 1 mbv2": ([f"imagenet/slimmable_mbv2_{v}.yaml" for v in ("nokd", "kl", "adaptive")],
+                                       {"teacher", "distill"}),
     "imagenet alphanet": (
         ["imagenet/alphanet.yaml", "imagenet/attentivenas.yaml", "imagenet/bignas.yaml"],
         {"sampler", "teacher", "distill"},
@@ -112,3 +119,17 @@ def test_deps_draws_the_full_model_and_k_minus_1_others_uniformly() -> None:
 def test_ofa_recipes_use_the_kernel_transform() -> None:
     for recipe in ("ofa.yaml", "compofa.yaml", "imagenet/ofa.yaml"):
         assert load_config(CONFIGS / recipe).kernel_transform, recipe
+
+
+def test_slimmable_recipes_follow_alphanet_section_4_1() -> None:
+    for recipe in ("slimmable_adaptive.yaml", "imagenet/slimmable_mbv1_adaptive.yaml"):
+        cfg = load_config(CONFIGS / recipe)
+        assert spaces.get(cfg.space).spec.width_multiplier is not None
+        assert cfg.sampler.name == "sandwich" and cfg.sampler.num_random == 2
+        assert cfg.teacher.name == "inplace" and (cfg.distill.kd_weight, cfg.distill.ce_weight) == (1.0, 0.0)
+        assert cfg.distill.options == {"alpha_min": -1.0, "alpha_max": 1.0, "clip": 5.0}
+        assert cfg.train.dropout == 0.2 and cfg.optim.weight_decay == 1e-5 and cfg.optim.momentum == 0.9
+    imagenet = load_config(CONFIGS / "imagenet" / "slimmable_mbv1_nokd.yaml")
+    assert imagenet.train.epochs == 360 and imagenet.optim.lr_schedule == "cosine"
+    assert imagenet.optim.lr * 2048 / imagenet.optim.lr_reference_batch == pytest.approx(0.8)
+    assert load_config(CONFIGS / "imagenet" / "slimmable_mbv2_kl.yaml").space == "slimmable_mbv2"

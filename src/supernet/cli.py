@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import supernet
 from supernet import spaces
@@ -15,6 +16,9 @@ from supernet.allocator import retain_freed_memory
 from supernet.checkpoint import RunDirError
 from supernet.config import RESUME_OVERRIDES, ConfigError, load_config
 from supernet.cost import cost, summary
+
+if TYPE_CHECKING:
+    from supernet.search.job import OpenRun
 
 EPILOG = "Run `supernet COMMAND --help` for a command's options."
 
@@ -82,6 +86,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     opened = open_run(args.run_dir, batch_size=args.batch_size, recalibration_images=args.recal_images,
                       cache_path=Path(args.run_dir) / "eval_cache.json")
+    if args.widths is not None:
+        return _eval_widths(opened, args)
     arch = opened.resolve_arch(args.arch)
     result = opened.evaluator.evaluate(arch, args.split)
     _warn_cache(opened.evaluator.cache_problem)
@@ -94,6 +100,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         top5 = "" if result.top5 is None else f"  top-5 {result.top5:.2%}"
         print(f"{args.arch}: {args.split} top-1 {result.top1:.2%}{top5}  loss {result.loss:.4f}  "
               f"({result.images} images; {c.macs / 1e6:.2f} MMACs, {c.params / 1e6:.3f} M params)")
+    return 0
+
+
+def _eval_widths(opened: OpenRun, args: argparse.Namespace) -> int:
+    from supernet.search.widths import evaluate_widths, parse_widths, widths_table
+
+    run = opened.run
+    rows = evaluate_widths(opened.evaluator, run.space, parse_widths(args.widths), args.split, run.num_classes,
+                           run.in_channels)
+    _warn_cache(opened.evaluator.cache_problem)
+    if args.json:
+        print(json.dumps({"split": args.split, "widths": [r.to_dict() for r in rows]}, indent=2))
+    else:
+        print(widths_table(rows, args.split))
     return 0
 
 
@@ -365,6 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--arch", default="largest", help="largest, smallest or an ARCH.json (default: largest)")
     ev.add_argument("--split", choices=["val", "test"], default="val",
                     help="held-out val split (selection) or the official test split (final numbers)")
+    ev.add_argument("--widths", metavar="SPEC",
+                    help="slimmable spaces: a table of the width multipliers in SPEC: comma-separated values or start:stop:step "
+                    "ranges, both ends included (AlphaNet's Table 1: 0.25:0.75:0.05; or 0.25,0.5,1.0); each width's BN "
+                    "statistics are recalibrated before it is measured")
     ev.add_argument("--json", action="store_true", help="print JSON")
     _add_eval_options(ev)
     ev.set_defaults(handler=_cmd_eval)

@@ -42,6 +42,9 @@ class DataConfig(_Section):
     root: str | None = Field(None, description="data directory (default: the data set's standard location)")
     val_size: int = Field(5000, ge=0, description="images held out of the training set for BN/search/selection")
     limit: int | None = Field(None, gt=0, description="train on a seeded subset of this many images (quick runs)")
+    classes: list[int] | None = Field(
+        None, description="keep only these classes (indices), relabelled 0..k-1 in this order (e.g. a transfer task)"
+    )
     image_size: int | None = Field(None, gt=0, description="imagefolder: decode size (default 224)")
     batch_size: int = Field(256, gt=0, description="images per step per process")
     eval_batch_size: int = Field(512, gt=0)
@@ -274,11 +277,41 @@ class TrainConfig(_Section):
     sync_bn: bool = Field(False, description="multi-process: BN statistics over the global batch (SyncBatchNorm)")
 
 
+class NetworkConfig(_Section):
+    """Train one fixed network instead of a supernet (`supernet distill`, `supernet finetune`).
+
+    `space` is then that network's one-network space (`SearchSpace.pinned`), and the network is its only
+    member; it trains on labels (`teacher.name: none`) or from a frozen teacher (`external`) with the
+    configured divergence, as a student: `distill.kd_weight` x divergence + `distill.ce_weight` x CE.
+    """
+
+    init: str = Field(
+        "scratch", description="starting weights: scratch (re-initialised), an export directory, or a run "
+        "directory / checkpoint whose supernet holds `arch`"
+    )
+    arch: dict[str, Any] | None = Field(None, description="with a run as init: the sub-network of the run's space")
+    freeze_backbone: bool = Field(False, description="train only the classifier (BN statistics still adapt)")
+    layer_lr_decay: float = Field(
+        1.0, gt=0, le=1, description="lr x decay^d for a layer d blocks below the head (the stem deepest); 1: one lr"
+    )
+    lineage: dict[str, Any] = Field(default_factory=dict, description="what the network came from (model card)")
+
+    @model_validator(mode="after")
+    def _arch_with_run(self) -> NetworkConfig:
+        if self.init == "scratch" and self.arch is not None:
+            raise ValueError("network.arch names the sub-network inside a run given as network.init; with init "
+                             "scratch the network is the space's only member")
+        return self
+
+
 class Config(_Section):
     """A whole training recipe."""
 
     seed: int = 0
-    space: str = Field("fmnist", description="preset name or path to a search-space YAML")
+    space: str | dict[str, Any] = Field(
+        "fmnist", description="preset name, path to a search-space YAML, or a space mapping (a pinned network's)"
+    )
+    network: NetworkConfig | None = Field(None, description="train one fixed network (distill, finetune)")
     kernel_transform: bool = False
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
@@ -295,6 +328,16 @@ class Config(_Section):
         s = self.sampler
         if self.teacher.name == "board" and not (s.name == "uniform" and s.num_random == 1 and not s.include_largest):
             raise ValueError("teacher 'board' (Cream) trains one path per step: use sampler {name: uniform, num_random: 1}")
+        if self.network is not None:
+            if not (s.name == "uniform" and s.num_random == 1 and not s.include_largest and s.macs_bins is None):
+                raise ValueError("network (one fixed network) trains it once per step: use sampler {name: uniform, "
+                                 "num_random: 1}")
+            if self.teacher.name not in ("none", "external") or self.teacher.checkpoint == "snapshot":
+                raise ValueError("network (one fixed network) learns from labels (teacher none) or a frozen trained "
+                                 "network (teacher external with a checkpoint)")
+            if self.schedule.name != "shrink_from_start" or self.kernel_transform:
+                raise ValueError("network (one fixed network) has nothing to shrink: use schedule shrink_from_start "
+                                 "and no kernel_transform")
         return self
 
     def _num_students(self) -> int:

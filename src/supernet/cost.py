@@ -51,8 +51,11 @@ def cost(space: SearchSpace, arch: Arch, num_classes: int, in_channels: int | No
             c = arch.widths[s]
     head = spec.head
     mid = head_mid_channels(head.mix, head.expand_ratio, c, arch.head_width)
-    macs += c * mid * size * size + arch.head_width * num_classes
-    params += c * mid + 2 * mid + arch.head_width * num_classes + num_classes
+    if head.conv:
+        macs += c * mid * size * size
+        params += c * mid + 2 * mid
+    macs += arch.head_width * num_classes
+    params += arch.head_width * num_classes + num_classes
     if head.mix:  # the MobileNetV3 head's 1x1 conv after pooling
         macs += mid * arch.head_width
         params += mid * arch.head_width
@@ -73,7 +76,12 @@ def summary(space: SearchSpace, num_classes: int | None = None) -> str:
     """The space's description followed by its smallest and largest sub-networks' MACs and params."""
     num_classes = space.spec.num_classes if num_classes is None else num_classes
     lines = [space.describe()]
-    for label, arch in (("smallest", space.smallest()), ("largest", space.largest())):
+    members = [("smallest", space.smallest()), ("largest", space.largest())]
+    wm = space.spec.width_multiplier
+    if wm is not None:  # a slimmable space: its usual widths, as the MobileNet papers tabulate them
+        shown = sorted({wm.low, *(m for m in (0.25, 0.35, 0.5, 0.75, 1.0) if wm.low <= m <= wm.high), wm.high})
+        members = [(f"{m:.2f}x", space.at_width(m)) for m in shown]
+    for label, arch in members:
         lines.append(
             f"  {label:<9} {macs(space, arch, num_classes) / 1e6:9.2f} MMACs  "
             f"{params(space, arch, num_classes) / 1e6:7.3f} M params  (resolution {arch.resolution}, "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
+
 import torch
 from torch import Tensor, nn
 
@@ -51,6 +53,7 @@ class Supernet(nn.Module):
             num_classes,
             spec.head.activation,
             mix=spec.head.mix,
+            conv=spec.head.conv,
         )
         self.dropout_rate = 0.0
         self.drop_connect_rate = 0.0
@@ -130,6 +133,44 @@ class Supernet(nn.Module):
         ref = next(self.parameters())
         return net.to(device=ref.device, dtype=ref.dtype).train(self.training)
 
+    @torch.no_grad()
+    def load_extracted(self, state: Mapping[str, Tensor], skip: Collection[str] = ()) -> None:
+        """Write a static network's weights (keys as `extract()` names them) into a one-network (pinned) space's
+        supernet, the inverse of `extract`; keys in `skip` keep the supernet's own values (a fresh classifier).
+
+        Each static tensor is traced to the supernet tensor it is copied from; raises ValueError when
+        `extract` would not give back exactly `state` (the space has more than one network, or shapes differ).
+        """
+        if self.space.size() != 1:
+            raise ValueError(f"load_extracted needs a one-network space (SearchSpace.pinned), {self.space.name!r} "
+                             f"has {self.space.size():.3g} networks")
+        own = {k: v for k, v in self.state_dict().items() if v.is_floating_point()}
+        saved = {k: v.clone() for k, v in own.items()}
+        for i, tensor in enumerate(own.values()):
+            tensor.fill_(i + 1)  # exact in float32 for up to 2^24 tensors
+        names = list(own)
+        traced = {k: v for k, v in self.extract(self.space.largest()).state_dict().items() if v.is_floating_point()}
+        for k, v in own.items():
+            v.copy_(saved[k])
+        wanted = {k: v for k, v in state.items() if k not in skip}
+        for key, marker in traced.items():
+            if key in skip:
+                continue
+            if key not in wanted:
+                raise ValueError(f"the weights lack {key!r}, which this network has")
+            source = names[int(marker.flatten()[0].item()) - 1]
+            if own[source].shape != wanted[key].shape or not bool((marker == marker.flatten()[0]).all()):
+                raise ValueError(f"{key!r}: shape {tuple(wanted[key].shape)} does not fit this network's "
+                                 f"{tuple(own[source].shape)}")
+            own[source].copy_(wanted[key].to(own[source].dtype))
+        extra = sorted(set(wanted) - set(traced) - {k for k in wanted if not wanted[k].is_floating_point()})
+        if extra:
+            raise ValueError(f"the weights hold {extra[:3]}, which this network has no place for")
+        back = self.extract(self.space.largest()).state_dict()
+        for key, value in wanted.items():
+            if value.is_floating_point() and not torch.equal(back[key], value.to(back[key].dtype)):
+                raise ValueError(f"{key!r} does not come back unchanged from the supernet's weights")
+
 
 def build_static(
     space: SearchSpace, arch: Arch, num_classes: int, in_channels: int | None = None, dropout: float = 0.0
@@ -146,5 +187,6 @@ def build_static(
             c = arch.widths[s]
     head_spec = spec.head
     mid = head_mid_channels(head_spec.mix, head_spec.expand_ratio, c, arch.head_width)
-    head = Head(c, mid, arch.head_width, num_classes, head_spec.activation, dropout, mix=head_spec.mix)
+    head = Head(c, mid, arch.head_width, num_classes, head_spec.activation, dropout, mix=head_spec.mix,
+                conv=head_spec.conv)
     return StaticNet(stem, blocks, head)

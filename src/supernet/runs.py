@@ -3,6 +3,7 @@ load any trained network (an export or a run's largest sub-network) as a frozen 
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from supernet.config import config_from_dict
 from supernet.exported import is_export_dir, load_export
 from supernet.model import Supernet
 from supernet.nn.static import StaticNet
-from supernet.space import SearchSpace
+from supernet.space import Arch, ArchError, SearchSpace
 
 
 @dataclass(frozen=True)
@@ -93,3 +94,54 @@ def load_network(source: str | os.PathLike[str], device: str | torch.device = "c
         largest = run.space.largest()
         net, resolution = run.net.extract(largest), largest.resolution
     return net.to(device).eval().requires_grad_(False), resolution
+
+
+@dataclass(frozen=True)
+class StartingWeights:
+    """A fixed network's starting weights (static-network keys) and the task they were trained for."""
+
+    state: dict[str, torch.Tensor]
+    num_classes: int
+    in_channels: int
+    source: str
+
+
+def starting_weights(init: str, arch: dict[str, Any] | None = None) -> StartingWeights:
+    """The weights `network.init` names: an export's, or sub-network `arch`'s inside a run's supernet."""
+    if not Path(init).exists():
+        raise RunDirError(f"network.init {init} not found; pass an export directory of `supernet export`, a run "
+                          "directory of `supernet train` (with network.arch) or scratch")
+    if is_export_dir(init):
+        exported = load_export(init)
+        return StartingWeights(exported.net.state_dict(), exported.num_classes, exported.in_channels, str(init))
+    if arch is None:
+        raise RunDirError(f"network.init {init} is a run: name its sub-network with network.arch (an arch dict)")
+    run = load_supernet(init)
+    sub = run.space.validate(Arch.from_dict(arch))
+    return StartingWeights(run.net.extract(sub).state_dict(), run.num_classes, run.in_channels, str(init))
+
+
+def read_arch(space: SearchSpace, text: str) -> Arch:
+    """`largest`, `smallest`, a width like `0.5x` (width-multiplier spaces) or an architecture JSON file
+    (an `arch.json` of an export, an `eval --json` output or a bare arch), validated against `space`."""
+    if text in ("largest", "smallest"):
+        return getattr(space, text)()
+    if text.endswith("x") and not Path(text).exists():
+        try:
+            multiplier = float(text[:-1])
+        except ValueError:
+            multiplier = None
+        if multiplier is not None:
+            return space.at_width(multiplier)
+    path = Path(text)
+    if not path.is_file():
+        raise FileNotFoundError(f"architecture file {path} not found; pass largest, smallest, a width like 0.5x "
+                                "(width-multiplier spaces) or an ARCH.json")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ArchError(f"architecture file {path} is not valid JSON ({err}); write it as "
+                        "`supernet eval --json` or `supernet export` do") from None
+    if isinstance(data, dict) and isinstance(data.get("arch"), dict):
+        data = data["arch"]  # an export's arch.json or an eval --json output
+    return space.validate(Arch.from_dict(data))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -23,6 +23,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from supernet.rounding import make_divisible
 
 Activation = Literal["relu", "relu6", "swish", "h_swish"]
 
@@ -143,6 +145,10 @@ class StageSpec(Spec):
         """The stage keeping only the `n` largest choices of each named dimension (None: all)."""
         raise NotImplementedError
 
+    def pinned(self, genes: StageGenes) -> list[StageSpec]:
+        """Stages whose only member is `genes` and whose blocks build exactly the blocks of `genes`, in order."""
+        raise NotImplementedError
+
     def describe(self) -> str:
         """One line of `SearchSpace.describe`'s table (after the stage number)."""
         raise NotImplementedError
@@ -186,13 +192,22 @@ class HeadSpec(Spec):
     """Head: 1x1 expand conv (BN + act), global pool, 1x1 conv (act, no BN), linear classifier.
 
     With `mix: false` it is the MobileNetV2 / ProxylessNAS head instead: a 1x1 conv (BN + act) to one of
-    `widths` channels, global pool, linear classifier (`expand_ratio` unused).
+    `widths` channels, global pool, linear classifier (`expand_ratio` unused). With `conv: false` as well it
+    is MobileNetV1's: global pool and classifier straight on the last stage's features, whose widths
+    `widths` must then repeat.
     """
 
     expand_ratio: float = 6.0
     widths: list[int]
     activation: Activation = "swish"
     mix: bool = True
+    conv: bool = True
+
+    @model_validator(mode="after")
+    def _conv_needs_no_mix(self) -> HeadSpec:
+        if not self.conv and self.mix:
+            raise ValueError("a head without its conv (conv: false) has no mix conv either; set mix: false")
+        return self
 
     @field_validator("widths")
     @classmethod
@@ -207,6 +222,59 @@ class HeadSpec(Spec):
         return v
 
 
+class WidthMultiplierSpec(Spec):
+    """One width multiplier m shared by every layer (slimmable networks): each width is make_divisible(base x m).
+
+    `range: [low, high]` draws m uniformly from the interval (universally slimmable networks, Yu & Huang
+    2019); `choices` lists the multipliers (slimmable networks, Yu et al. 2018). The stem, every stage and
+    the head then each give one width, their base (1.0x) width. `scale_head: false` keeps the head's conv
+    at its base width below 1.0x and scales it above (MobileNetV2's 1280-channel last conv).
+    """
+
+    range: list[float] | None = None
+    choices: list[float] | None = None
+    divisor: int = 8
+    scale_head: bool = True
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> WidthMultiplierSpec:
+        if (self.range is None) == (self.choices is None):
+            raise ValueError("give exactly one of range: [low, high] and choices: [...]")
+        if self.range is not None and (len(self.range) != 2 or not 0 < self.range[0] < self.range[1]):
+            raise ValueError(f"range must be [low, high] with 0 < low < high, got {self.range}")
+        if self.choices is not None:
+            positive_unique(self.choices, "choices")
+        if self.divisor <= 0:
+            raise ValueError(f"divisor must be positive, got {self.divisor}")
+        return self
+
+    @property
+    def low(self) -> float:
+        """The smallest multiplier."""
+        return self.range[0] if self.range is not None else min(self.choices)  # type: ignore[arg-type]
+
+    @property
+    def high(self) -> float:
+        """The largest multiplier."""
+        return self.range[1] if self.range is not None else max(self.choices)  # type: ignore[arg-type]
+
+    def grid(self) -> list[float]:
+        """Multipliers fine enough to reach every width the rule can give (the choices themselves, if listed)."""
+        if self.choices is not None:
+            return sorted(self.choices)
+        steps = round((self.high - self.low) / 1e-4)
+        return [round(self.low + i * 1e-4, 6) for i in range(steps)] + [self.high]
+
+    def draw(self, rng: random.Random) -> float:
+        """One multiplier: uniform on the range, or one of the choices."""
+        return rng.uniform(self.low, self.high) if self.range is not None else rng.choice(self.choices)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        """`[0.25, 1.0]` or `{0.25,0.5,1}`, with the divisor."""
+        which = f"[{self.low:g}, {self.high:g}]" if self.range is not None else fmt_choices(self.choices)  # type: ignore[arg-type]
+        return f"{which}, widths rounded to multiples of {self.divisor}" + ("" if self.scale_head else ", head kept")
+
+
 class SpaceSpec(Spec):
     """The full, validated description of a search space (what a preset YAML holds)."""
 
@@ -218,6 +286,7 @@ class SpaceSpec(Spec):
     stages: list[SerializeAsAny[StageSpec]]
     head: HeadSpec
     resolutions: list[int]
+    width_multiplier: WidthMultiplierSpec | None = None
 
     @field_validator("resolutions")
     @classmethod
@@ -235,6 +304,15 @@ class SpaceSpec(Spec):
     def _has_stages(self) -> SpaceSpec:
         if not self.stages:
             raise ValueError("stages must list at least one stage")
+        if self.width_multiplier is not None:
+            parts = [("stem", self.stem.widths), ("head", self.head.widths)]
+            parts += [(f"stages.{i}", st.widths) for i, st in enumerate(self.stages)]  # type: ignore[attr-defined]
+            several = [name for name, widths in parts if len(widths) != 1]
+            if several:
+                raise ValueError(
+                    f"with width_multiplier, the stem, each stage and the head give one base (1.0x) width; "
+                    f"{', '.join(several)} list several"
+                )
         return self
 
 
@@ -363,7 +441,13 @@ class SearchSpace:
     """What can be sampled: stem, stages of blocks from block families, head and resolution choices."""
 
     def __init__(self, spec: SpaceSpec) -> None:
+        self.declared = spec
+        """The spec as written (a width-multiplier space's base widths); `spec` holds every width's choices."""
+        self._tied: dict[tuple[int, ...], float] = {}
         self.spec = spec
+        if spec.width_multiplier is not None:
+            self._tied = tied_widths(spec)
+            self.spec = expanded(spec, self._tied)
 
     @property
     def name(self) -> str:
@@ -406,11 +490,28 @@ class SearchSpace:
             problems.insert(0, describe_validation_error(err))
         if problems:
             raise SpaceError(f"{source}: {'; '.join(problems)}") from None
+        space = cls(spec)
+        space._check_layout(source)
+        return space
+
+    def _check_layout(self, source: str) -> None:
+        spec = self.spec
         in_widths = spec.stem.widths
         for i, st in enumerate(spec.stages):
             st.check_input(in_widths, f"{source}: stages.{i}")
             in_widths = st.widths
-        return cls(spec)
+        if not spec.head.conv and spec.head.widths != in_widths:
+            raise SpaceError(
+                f"{source}: head: without its conv the head's widths are the last stage's {in_widths}, got "
+                f"{spec.head.widths}"
+            )
+        if spec.width_multiplier is not None:
+            free = [i for i, st in enumerate(spec.stages) if st.size() != len(st.widths)]
+            if free:
+                raise SpaceError(
+                    f"{source}: a width-multiplier space varies only the width, but stages {free} also have depth, "
+                    "kernel, ratio or operator choices; give those stages one choice each"
+                )
 
     @classmethod
     def from_yaml(cls, path: str | Path, families: Families) -> SearchSpace:
@@ -431,7 +532,13 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         """The space as a plain dict (round-trips through `from_dict`)."""
-        return self.spec.model_dump()
+        d = self.declared.model_dump()
+        # fields added later stay out at their defaults, so that earlier runs' spaces compare and hash the same
+        if d["width_multiplier"] is None:
+            del d["width_multiplier"]
+        if d["head"]["conv"]:
+            del d["head"]["conv"]
+        return d
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SearchSpace) and self.to_dict() == other.to_dict()
@@ -450,25 +557,57 @@ class SearchSpace:
     def largest(self) -> Arch:
         """The sub-network with every choice at its maximum."""
         spec = self.spec
-        return Arch.of_stages(
+        if spec.width_multiplier is not None:
+            return self.at_width(spec.width_multiplier.high, max(spec.resolutions))
+        return self._assemble(
             max(spec.resolutions), max(spec.stem.widths), [st.largest() for st in self.stages], max(spec.head.widths)
         )
 
     def smallest(self) -> Arch:
         """The sub-network with every choice at its minimum."""
         spec = self.spec
-        return Arch.of_stages(
+        if spec.width_multiplier is not None:
+            return self.at_width(spec.width_multiplier.low, min(spec.resolutions))
+        return self._assemble(
             min(spec.resolutions), min(spec.stem.widths), [st.smallest() for st in self.stages], min(spec.head.widths)
         )
 
+    def _assemble(self, resolution: int, stem: int, stages: Sequence[StageGenes], head: int) -> Arch:
+        # a head without its conv reads the last stage's features: its width is that stage's
+        return Arch.of_stages(resolution, stem, stages, head if self.spec.head.conv else stages[-1].width)
+
+    # -- width multipliers (slimmable networks) ----------------------------------------------------
+    def at_width(self, multiplier: float, resolution: int | None = None) -> Arch:
+        """The sub-network of a width-multiplier space at `multiplier` (default resolution: the largest)."""
+        wm = self.spec.width_multiplier
+        if wm is None:
+            raise ArchError(f"space {self.name!r} has no width multiplier; only slimmable spaces take --widths")
+        if not wm.low - 1e-9 <= multiplier <= wm.high + 1e-9:
+            raise ArchError(f"width multiplier {multiplier:g} lies outside the space's [{wm.low:g}, {wm.high:g}]")
+        widths = multiplied_widths(self.declared, multiplier)
+        stages = [StageGenes(w, st.largest().blocks) for w, st in zip(widths[1:-1], self.stages)]
+        arch = Arch.of_stages(max(self.spec.resolutions) if resolution is None else resolution, widths[0], stages,
+                              widths[-1])
+        return self.validate(arch)
+
+    def tied_multipliers(self) -> list[float]:
+        """One multiplier per distinct sub-network width of a width-multiplier space (the roundest giving it)."""
+        return sorted(self._tied.values())
+
+    def multiplier_of(self, arch: Arch) -> float | None:
+        """The roundest width multiplier giving `arch`'s widths, e.g. 0.75 (None outside a width-multiplier space)."""
+        return self._tied.get((arch.stem_width, *arch.widths, arch.head_width))
+
     # -- sampling and evolution --------------------------------------------------------------------
     def sample(self, rng: random.Random) -> Arch:
-        """A sub-network drawn uniformly per gene (each block's genes independently)."""
+        """A sub-network drawn uniformly per gene (each block's genes independently; one multiplier if tied)."""
         spec = self.spec
         resolution = rng.choice(spec.resolutions)
+        if spec.width_multiplier is not None:
+            return self.at_width(spec.width_multiplier.draw(rng), resolution)
         stem = rng.choice(spec.stem.widths)
         stages = [st.sample(rng) for st in self.stages]
-        return Arch.of_stages(resolution, stem, stages, rng.choice(spec.head.widths))
+        return self._assemble(resolution, stem, stages, rng.choice(spec.head.widths))
 
     def mutate(self, arch: Arch, prob: float, rng: random.Random) -> Arch:
         """Resample each gene (resolution, widths, depths, each block's genes) with probability `prob`."""
@@ -479,9 +618,13 @@ class SearchSpace:
             return rng.choice(choices) if rng.random() < prob else current
 
         resolution = maybe(arch.resolution, spec.resolutions)
+        if spec.width_multiplier is not None:  # the one multiplier is the one width gene
+            if rng.random() < prob:
+                return self.at_width(spec.width_multiplier.draw(rng), resolution)
+            return replace(arch, resolution=resolution)
         stem = maybe(arch.stem_width, spec.stem.widths)
         stages = [st.mutate(arch.stage(s), prob, rng) for s, st in enumerate(self.stages)]
-        return Arch.of_stages(resolution, stem, stages, maybe(arch.head_width, spec.head.widths))
+        return self._assemble(resolution, stem, stages, maybe(arch.head_width, spec.head.widths))
 
     def crossover(self, a: Arch, b: Arch, rng: random.Random) -> Arch:
         """Each gene from either parent with equal probability (block genes from whichever parent has the block)."""
@@ -492,9 +635,11 @@ class SearchSpace:
             return x if rng.random() < 0.5 else y
 
         resolution = pick(a.resolution, b.resolution)
+        if self.spec.width_multiplier is not None:
+            return replace(pick(a, b), resolution=resolution)
         stem = pick(a.stem_width, b.stem_width)
         stages = [st.crossover(a.stage(s), b.stage(s), rng) for s, st in enumerate(self.stages)]
-        return Arch.of_stages(resolution, stem, stages, pick(a.head_width, b.head_width))
+        return self._assemble(resolution, stem, stages, pick(a.head_width, b.head_width))
 
     def restrict(
         self,
@@ -510,6 +655,10 @@ class SearchSpace:
         Dimensions a stage's family does not have are left alone.
         """
         spec = self.spec
+        if spec.width_multiplier is not None and width is not None:
+            raise SpaceError("a width-multiplier space's widths move together; it cannot keep the n largest per layer")
+        if spec.width_multiplier is not None:
+            return SearchSpace(self.declared.model_copy(update={"resolutions": top_choices(spec.resolutions, resolution)}))
         restricted = spec.model_copy(
             update={
                 "resolutions": top_choices(spec.resolutions, resolution),
@@ -520,8 +669,29 @@ class SearchSpace:
         )
         return SearchSpace(restricted)
 
+    def pinned(self, arch: Arch) -> SearchSpace:
+        """The one-network space holding only `arch`: its static network has the same modules, weight names,
+        MACs and params as `arch`'s in this space. Training it trains that one network on the supernet loop
+        (`supernet distill` / `supernet finetune`); its only member is `pinned(arch).largest()`."""
+        self.validate(arch)
+        spec = self.spec
+        stages = [part for s, st in enumerate(self.stages) for part in st.pinned(arch.stage(s))]
+        name = spec.name if spec.name.endswith("-pinned") else f"{spec.name}-pinned"
+        pinned = spec.model_copy(update={
+            "name": name,
+            "description": f"one network of {spec.name}: {self.arch_text(arch)}",
+            "stem": spec.stem.model_copy(update={"widths": [arch.stem_width]}),
+            "stages": stages,
+            "head": spec.head.model_copy(update={"widths": [arch.head_width]}),
+            "resolutions": [arch.resolution],
+            "width_multiplier": None,
+        })
+        return SearchSpace(pinned)
+
     def size(self) -> int:
         """Number of distinct sub-networks in the space."""
+        if self._tied:
+            return len(self.spec.resolutions) * len(self._tied)
         total = len(self.spec.resolutions) * len(self.spec.stem.widths) * len(self.spec.head.widths)
         for st in self.stages:
             total *= st.size()
@@ -541,6 +711,14 @@ class SearchSpace:
         check_choice("head_width", arch.head_width, self.spec.head.widths)
         for s, st in enumerate(self.stages):
             st.check(arch.stage(s), f"stage {s}")
+        if not self.spec.head.conv and arch.head_width != arch.widths[-1]:
+            raise ArchError(f"head_width {arch.head_width} must equal the last stage's width {arch.widths[-1]} "
+                            "(the head has no conv)")
+        if self._tied and self.multiplier_of(arch) is None:
+            raise ArchError(
+                f"widths stem {arch.stem_width}, stages {list(arch.widths)}, head {arch.head_width} come from no one "
+                f"width multiplier of space {self.name!r}; use SearchSpace.at_width"
+            )
         return arch
 
     def contains(self, arch: Arch) -> bool:
@@ -578,18 +756,26 @@ class SearchSpace:
         """A readable one-line summary of `arch`: resolution, stem, one bracket per stage, head."""
         self.validate(arch)
         stages = " ".join(f"[{st.genes_text(arch.stage(s))}]" for s, st in enumerate(self.stages))
-        return f"{arch.resolution}px · stem {arch.stem_width} · {stages} · head {arch.head_width}"
+        multiplier = self.multiplier_of(arch)
+        width = "" if multiplier is None else f"{multiplier:g}x · "
+        return f"{width}{arch.resolution}px · stem {arch.stem_width} · {stages} · head {arch.head_width}"
 
     def describe(self) -> str:
         """Human-readable table of the space's choices and size (`supernet.cost.summary` adds the cost range)."""
         lines = [f"search space {self.name!r}" + (f": {self.spec.description}" if self.spec.description else "")]
         lines.append(f"  input      {self.in_channels} channels, resolution {fmt_choices(self.spec.resolutions)}")
-        stem = self.spec.stem
+        stem = self.declared.stem
         lines.append(f"  stem       width {fmt_choices(stem.widths)} k{stem.kernel} s{stem.stride} {stem.activation}")
-        for s, st in enumerate(self.stages):
+        tied = self.spec.width_multiplier is not None
+        for s, st in enumerate(self.declared.stages if tied else self.stages):  # a tied space: its base widths
             lines.append(f"  stage {s + 1:<4} {st.describe()}")
         head = self.spec.head
-        if head.mix:
+        if tied:
+            lines.append(f"  width      the base widths x one multiplier m for every layer, m in "
+                         f"{self.spec.width_multiplier.describe()}")
+        if not head.conv:
+            lines.append("  head       pool, classifier")
+        elif head.mix:
             lines.append(
                 f"  head       expand x{as_number(head.expand_ratio)}, last conv {fmt_choices(head.widths)} {head.activation}"
             )
@@ -597,6 +783,52 @@ class SearchSpace:
             lines.append(f"  head       1x1 conv {fmt_choices(head.widths)} {head.activation}, pool, classifier")
         lines.append(f"  sub-networks  {self.size():.4g}")
         return "\n".join(lines)
+
+
+def multiplied_widths(spec: SpaceSpec, multiplier: float) -> tuple[int, ...]:
+    """(stem, each stage, head) widths at `multiplier` from a width-multiplier spec's base widths."""
+    wm = spec.width_multiplier
+    if wm is None:
+        raise SpaceError(f"space {spec.name!r} has no width multiplier")
+
+    def scaled(base: int) -> int:
+        return make_divisible(base * multiplier, wm.divisor)
+
+    head_base = spec.head.widths[0]
+    head = scaled(head_base) if wm.scale_head or multiplier > 1 else head_base
+    return (scaled(spec.stem.widths[0]), *(scaled(st.widths[0]) for st in spec.stages), head)  # type: ignore[attr-defined]
+
+
+def tied_widths(spec: SpaceSpec) -> dict[tuple[int, ...], float]:
+    """Every distinct (stem, stages..., head) width tuple the multipliers give, each with its roundest multiplier."""
+    assert spec.width_multiplier is not None
+    spans: dict[tuple[int, ...], list[float]] = {}
+    for m in spec.width_multiplier.grid():
+        spans.setdefault(multiplied_widths(spec, m), []).append(m)
+    return {widths: roundest(ms) for widths, ms in spans.items()}
+
+
+def roundest(multipliers: list[float]) -> float:
+    """The roundest of ascending `multipliers`: a multiple of 0.1, else 0.05, 0.01, ... (nearest their middle on a tie)."""
+    middle = (multipliers[0] + multipliers[-1]) / 2
+    for step in (0.1, 0.05, 0.01, 0.005, 0.001, 0.0005):
+        exact = [m for m in multipliers if abs(m / step - round(m / step)) < 1e-6]
+        if exact:
+            return min(exact, key=lambda m: abs(m - middle))
+    return multipliers[len(multipliers) // 2]
+
+
+def expanded(spec: SpaceSpec, tied: dict[tuple[int, ...], float]) -> SpaceSpec:
+    """A width-multiplier spec with each layer's width choices listed (what modules and costs are built from)."""
+    columns = [sorted(set(c)) for c in zip(*tied)]
+    stages = [st.model_copy(update={"widths": ws}) for st, ws in zip(spec.stages, columns[1:-1])]
+    return spec.model_copy(
+        update={
+            "stem": spec.stem.model_copy(update={"widths": columns[0]}),
+            "stages": stages,
+            "head": spec.head.model_copy(update={"widths": columns[-1]}),
+        }
+    )
 
 
 def fmt_choices(values: list) -> str:

@@ -17,6 +17,7 @@ from .datasets import (
     ImageFolderDataset,
     TensorImageDataset,
     build_data,
+    keep_classes,
     split_indices,
     subset,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "TensorImageDataset",
     "build_data",
     "derive_seed",
+    "keep_classes",
     "resize_batch",
     "split_indices",
     "subset",

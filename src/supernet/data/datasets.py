@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -199,15 +200,42 @@ def build_data(
     seed: int = 0,
     image_size: int | None = None,
     limit: int | None = None,
+    classes: Sequence[int] | None = None,
 ) -> DataBundle:
-    """Load a data set and carve a seeded `val` split of `val_size` images out of its training set."""
+    """Load a data set and carve a seeded `val` split of `val_size` images out of its training set.
+
+    `classes` keeps only those classes (indices into the data set's class list), relabelled 0..k-1 in the
+    order given: a smaller task made from a larger one, e.g. for transfer learning.
+    """
     if name in ("fashion_mnist", "cifar10", "cifar100"):
         bundle = _build_in_memory(name, root, val_size, seed, image_size)
     elif name == "imagefolder":
         bundle = _build_imagefolder(root, val_size, seed, image_size or DEFAULT_IMAGEFOLDER_SIZE)
     else:
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    if classes is not None:
+        bundle = keep_classes(bundle, classes)
     return bundle if limit is None else subset(bundle, limit, seed)
+
+
+def keep_classes(data: DataBundle, classes: Sequence[int]) -> DataBundle:
+    """Each split restricted to the images of `classes`, relabelled 0..k-1 in the order given."""
+    wanted = list(classes)
+    bad = [c for c in wanted if not 0 <= c < data.num_classes]
+    if not wanted or bad or len(set(wanted)) != len(wanted):
+        raise DatasetError(f"data.classes {wanted}: give distinct class indices in [0, {data.num_classes}) of "
+                           f"{data.name} ({', '.join(data.class_names[:4])}, ...)")
+    relabel = torch.full((data.num_classes,), -1, dtype=torch.int64)
+    relabel[torch.tensor(wanted)] = torch.arange(len(wanted))
+
+    def keep(split: Dataset) -> Dataset:
+        indices = torch.nonzero(relabel[split.labels] >= 0).flatten()
+        chosen = split.select(indices)
+        return replace(chosen, labels=relabel[chosen.labels])
+
+    return replace(data, train=keep(data.train), val=None if data.val is None else keep(data.val),
+                   test=keep(data.test), num_classes=len(wanted),
+                   class_names=tuple(data.class_names[c] for c in wanted))
 
 
 def _carve_val(full_train: Dataset, val_size: int, seed: int) -> tuple[Dataset, Dataset | None]:

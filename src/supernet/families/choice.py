@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from supernet.families.base import FamilyStage, LayerKey, mbconv_cost
@@ -22,7 +22,16 @@ from supernet.nn.choice import IDENTITY, ChoiceBlock
 from supernet.nn.shuffle import ShuffleBlock, shuffle_split, shuffle_widths
 from supernet.nn.static import MBConv
 from supernet.nn.widths import conv_out_size
-from supernet.space import Activation, ArchError, Gene, SpaceError, StageGenes, check_choice, fmt_choices
+from supernet.space import (
+    Activation,
+    ArchError,
+    Gene,
+    SpaceError,
+    StageGenes,
+    StageSpec,
+    check_choice,
+    fmt_choices,
+)
 
 _MBCONV = re.compile(r"mbconv_k(\d+)_e(\d+(?:\.\d+)?)(_se)?")
 _SHUFFLE = re.compile(r"shuffle_k(\d+)")
@@ -135,6 +144,10 @@ class ChoiceStage(FamilyStage):
     ops: list[str]
     activation: Activation = "relu"
     shortcut: Literal["conv", "identity"] = "identity"
+    layer_ops: list[list[str]] | None = Field(
+        None, description="per layer, its own operators (each among `ops`), overriding `ops` for that layer; "
+        "what a pinned one-network space records"
+    )
 
     @field_validator("width", "layers")
     @classmethod
@@ -158,6 +171,13 @@ class ChoiceStage(FamilyStage):
     def _not_only_identity(self) -> ChoiceStage:
         if all(op == IDENTITY for op in self.ops):
             raise ValueError("ops needs an operator other than identity (a stage's first layer cannot skip)")
+        if self.layer_ops is not None:
+            if len(self.layer_ops) != self.layers:
+                raise ValueError(f"layer_ops lists {len(self.layer_ops)} layers, the stage has {self.layers}")
+            for b, ops in enumerate(self.layer_ops):
+                if not ops or any(op not in self.ops for op in ops) or (b == 0 and ops == [IDENTITY]):
+                    raise ValueError(f"layer_ops[{b}] must list some of the stage's ops {self.ops} "
+                                     "(the first layer not only identity)")
         return self
 
     @property
@@ -175,8 +195,9 @@ class ChoiceStage(FamilyStage):
 
     # -- genes -----------------------------------------------------------------------------------------
     def block_choices(self, block: int) -> list[Gene]:
-        """The stage's operators; no Identity in the first layer."""
-        return [(op,) for op in self.ops if not (block == 0 and op == IDENTITY)]
+        """The stage's (or this layer's `layer_ops`) operators; no Identity in the first layer."""
+        ops = self.ops if self.layer_ops is None else self.layer_ops[block]
+        return [(op,) for op in ops if not (block == 0 and op == IDENTITY)]
 
     def _nominal_macs(self, b: int, gene: Gene) -> int:
         return _nominal_macs(gene[0], self.width, self._block_stride(b), self.shortcut)
@@ -224,6 +245,12 @@ class ChoiceStage(FamilyStage):
         for b in range(self.layers):
             total *= len(self.block_choices(b))
         return total
+
+    def pinned(self, genes: StageGenes) -> list[StageSpec]:
+        """This stage with each layer's operator fixed to the one in `genes`."""
+        self.check(genes, "pinned stage")
+        chosen = [g[0] for g in genes.blocks]
+        return [self.model_copy(update={"ops": list(dict.fromkeys(chosen)), "layer_ops": [[op] for op in chosen]})]
 
     def restricted(self, kernel: int | None, depth: int | None, expand: int | None, width: int | None) -> ChoiceStage:
         """Unchanged: a choice stage has no elastic dimensions to shrink."""

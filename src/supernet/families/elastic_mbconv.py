@@ -21,6 +21,7 @@ from supernet.space import (
     ArchError,
     Gene,
     StageGenes,
+    StageSpec,
     as_number,
     check_choice,
     fmt_choices,
@@ -149,6 +150,15 @@ class ElasticMBConvStage(FamilyStage):
         """Widths times the sum over depths of (kernels x ratios) ** depth."""
         per_block = len(self.kernels) * len(self.expand_ratios)
         return len(self.widths) * sum(per_block**d for d in self.depths)
+
+    def pinned(self, genes: StageGenes) -> list[StageSpec]:
+        """One depth-1 stage per block of `genes`, each with that block's width, kernel and ratio only."""
+        self.check(genes, "pinned stage")
+        return [
+            self.model_copy(update={"widths": [genes.width], "depths": [1], "kernels": [k], "expand_ratios": [e],
+                                    "stride": self.stride if b == 0 else 1})
+            for b, (k, e) in enumerate(genes.blocks)
+        ]
 
     def restricted(self, kernel: int | None, depth: int | None, expand: int | None, width: int | None) -> ElasticMBConvStage:
         """The `n` largest kernels, depths, ratios and widths."""

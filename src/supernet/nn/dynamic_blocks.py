@@ -14,7 +14,7 @@ from supernet.nn.dynamic_ops import (
     DynamicLinear,
     DynamicSqueezeExcite,
 )
-from supernet.nn.static import Head, MBConv
+from supernet.nn.static import Head, MBConv, SeparableConv
 from supernet.nn.widths import block_mid_channels, se_width
 
 
@@ -124,6 +124,36 @@ class DynamicMBConv(nn.Module):
             self.shortcut_conv.copy_to(block.shortcut.conv)
 
 
+class DynamicSeparableConv(nn.Module):
+    """MobileNetV1's depthwise-separable block with elastic input and output width (no shortcut)."""
+
+    def __init__(self, in_widths: list[int], out_widths: list[int], kernel: int, stride: int, activation: str):
+        super().__init__()
+        max_in, max_out = max(in_widths), max(out_widths)
+        self.kernel = kernel
+        self.depthwise = DynamicDepthwiseConv2d(max_in, [kernel], stride)
+        self.depthwise_bn = DynamicBatchNorm2d(max_in)
+        self.pointwise = DynamicConv2d(max_in, max_out, 1)
+        self.pointwise_bn = DynamicBatchNorm2d(max_out)
+        self.act = make_activation(activation)
+        self.active_out = max_out
+
+    def configure(self, out_channels: int) -> None:
+        """Choose the active output width."""
+        self.active_out = out_channels
+
+    def forward(self, x: Tensor, drop_connect: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
+        y = self.act(self.depthwise_bn(self.depthwise(x, self.kernel)))
+        return self.act(self.pointwise_bn(self.pointwise(y, self.active_out)))
+
+    def copy_to(self, block: SeparableConv) -> None:
+        """Copy the active slices into a static SeparableConv built for the same widths."""
+        self.depthwise.copy_to(block.depthwise[0])
+        self.depthwise_bn.copy_to(block.depthwise[1])
+        self.pointwise.copy_to(block.pointwise[0])
+        self.pointwise_bn.copy_to(block.pointwise[1])
+
+
 class DynamicHead(nn.Module):
     """Head with elastic input width, expand width (ratio x input) and last-conv width.
 
@@ -132,9 +162,9 @@ class DynamicHead(nn.Module):
     """
 
     def __init__(self, max_in: int, max_mid: int, max_width: int, num_classes: int, activation: str,
-                 mix: bool = True):
+                 mix: bool = True, conv: bool = True):
         super().__init__()
-        self.expand = DynamicConvBnAct(max_in, max_mid if mix else max_width, 1, 1, activation)
+        self.expand = DynamicConvBnAct(max_in, max_mid if mix else max_width, 1, 1, activation) if conv else None
         self.mix = DynamicConv2d(max_mid, max_width, 1) if mix else None
         self.mix_act = make_activation(activation) if mix else None
         self.classifier = DynamicLinear(max_width, num_classes)
@@ -142,7 +172,9 @@ class DynamicHead(nn.Module):
     def forward(
         self, x: Tensor, mid: int, width: int, dropout: float = 0.0, generator: torch.Generator | None = None
     ) -> Tensor:
-        x = self.expand(x, mid).mean((2, 3), keepdim=True)
+        if self.expand is not None:
+            x = self.expand(x, mid)
+        x = x.mean((2, 3), keepdim=True)
         if self.mix is not None:
             x = self.mix_act(self.mix(x, width))
         x = torch.flatten(x, 1)
@@ -153,7 +185,8 @@ class DynamicHead(nn.Module):
 
     def copy_to(self, head: Head) -> None:
         """Copy the active slices into a static Head."""
-        self.expand.copy_to(head.expand)
+        if self.expand is not None:
+            self.expand.copy_to(head.expand)
         if self.mix is not None:
             self.mix.copy_to(head.mix)
         self.classifier.copy_to(head.classifier)

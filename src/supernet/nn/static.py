@@ -88,19 +88,35 @@ class MBConv(nn.Module):
         return y
 
 
+class SeparableConv(nn.Module):
+    """MobileNetV1's depthwise-separable block: kxk depthwise (BN + act), then 1x1 pointwise (BN + act); no shortcut."""
+
+    def __init__(self, in_c: int, out_c: int, kernel: int, stride: int, activation: str):
+        super().__init__()
+        self.depthwise = conv_bn_act(in_c, in_c, kernel, stride, activation, groups=in_c)
+        self.pointwise = conv_bn_act(in_c, out_c, 1, 1, activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
 class Head(nn.Module):
     """1x1 expand conv (BN + act), global average pool, 1x1 conv (act, no BN), dropout, linear.
 
     Without `mix` (MobileNetV2 / ProxylessNAS) the expand conv goes to `width` channels and the pooled
-    features feed the classifier directly; `mid_c` must then equal `width`.
+    features feed the classifier directly; `mid_c` must then equal `width`. Without `conv` as well
+    (MobileNetV1) there is no expand conv: the last stage's features are pooled into the classifier, and
+    `in_c`, `mid_c` and `width` must all be equal.
     """
 
     def __init__(self, in_c: int, mid_c: int, width: int, num_classes: int, activation: str, dropout: float = 0.0,
-                 mix: bool = True):
+                 mix: bool = True, conv: bool = True):
         super().__init__()
         if not mix and mid_c != width:
             raise ValueError(f"a head without the mix conv expands to its width: mid_c {mid_c} != width {width}")
-        self.expand = conv_bn_act(in_c, mid_c, 1, 1, activation)
+        if not conv and (mix or in_c != width):
+            raise ValueError(f"a head without convs needs mix=False and its input's width: in_c {in_c}, width {width}")
+        self.expand = conv_bn_act(in_c, mid_c, 1, 1, activation) if conv else None
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.mix = nn.Conv2d(mid_c, width, 1, bias=False) if mix else None
         self.mix_act = make_activation(activation) if mix else None
@@ -108,7 +124,7 @@ class Head(nn.Module):
         self.classifier = nn.Linear(width, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.pool(self.expand(x))
+        x = self.pool(x if self.expand is None else self.expand(x))
         if self.mix is not None:
             x = self.mix_act(self.mix(x))
         return self.classifier(self.dropout(torch.flatten(x, 1)))

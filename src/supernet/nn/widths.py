@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
+from supernet.rounding import make_divisible
 
-def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
-    """Round `value` to the nearest multiple of `divisor`, never going below 90% of it (MobileNet rule)."""
-    min_value = divisor if min_value is None else min_value
-    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * value:
-        rounded += divisor
-    return rounded
+__all__ = ["block_mid_channels", "conv_out_size", "expanded_width", "head_mid_channels", "make_divisible", "se_width"]
 
 
 def expanded_width(in_channels: int, expand_ratio: float) -> int:

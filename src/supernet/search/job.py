@@ -18,7 +18,7 @@ from supernet.distributed import SINGLE, DistContext, sharded_map
 from supernet.evaluation import EvalResult, Evaluator
 from supernet.export import export_subnet, verify_onnx
 from supernet.fileio import atomic_write_text
-from supernet.runs import LoadedRun, load_network, load_supernet
+from supernet.runs import LoadedRun, load_network, load_supernet, read_arch
 from supernet.search.evolution import (
     SearchError,
     SearchSettings,
@@ -30,7 +30,7 @@ from supernet.search.front_file import FRONT_FORMAT
 from supernet.search.objectives import Constraint, Objectives
 from supernet.search.pareto import READINGS, Candidate, bucket_table, pareto_front, pareto_summary
 from supernet.search.predictor import AccuracyPredictor
-from supernet.space import Arch, ArchError
+from supernet.space import Arch
 
 NUM_BUCKETS = 6  # DepS's table
 TEST_CHUNK = 8  # test-split evaluations per progress-bar update
@@ -46,22 +46,8 @@ class OpenRun:
     source: Path
 
     def resolve_arch(self, text: str) -> Arch:
-        """'largest', 'smallest' or a path to an architecture JSON file, validated against the run's space."""
-        if text in ("largest", "smallest"):
-            return getattr(self.run.space, text)()
-        path = Path(text)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"architecture file {path} not found; pass largest, smallest or an ARCH.json"
-            )
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ArchError(f"architecture file {path} is not valid JSON ({err}); write it as "
-                            "`supernet eval --json` or `supernet export` do") from None
-        if isinstance(data, dict) and isinstance(data.get("arch"), dict):
-            data = data["arch"]  # an export's arch.json or an eval --json output
-        return self.run.space.validate(Arch.from_dict(data))
+        """'largest', 'smallest', a width like '0.5x' or an architecture JSON file, validated (`runs.read_arch`)."""
+        return read_arch(self.run.space, text)
 
 
 def open_run(
@@ -82,6 +68,7 @@ def open_run(
         val_size=data_cfg["val_size"],
         seed=cfg["seed"],
         image_size=data_cfg.get("image_size"),
+        classes=data_cfg.get("classes"),
     )
     evaluator = Evaluator(
         run.net,

@@ -244,6 +244,20 @@ class HeadLayer(LayerKey):
 
 
 @dataclass(frozen=True)
+class ClassifierLayer(LayerKey):
+    """MobileNetV1's head (pool, classifier) on a `side` x `side` input of `in_c` channels."""
+
+    in_c: int
+    num_classes: int
+    side: int
+    kind = "classifier"
+
+    def module(self) -> nn.Module:
+        """A freshly initialised layer of this shape."""
+        return Head(self.in_c, self.in_c, self.in_c, self.num_classes, "relu", mix=False, conv=False)
+
+
+@dataclass(frozen=True)
 class PoolHeadLayer(LayerKey):
     """The MobileNetV2 / ProxylessNAS head (expand conv to `width`, pool, classifier) on a `side` x `side` input."""
 
@@ -259,10 +273,12 @@ class PoolHeadLayer(LayerKey):
         return Head(self.in_c, self.width, self.width, self.num_classes, self.activation, mix=False)
 
 
-Layer = LayerKey  # StemLayer, a family's block layers, HeadLayer, PoolHeadLayer
+Layer = LayerKey  # StemLayer, a family's block layers, HeadLayer, PoolHeadLayer, ClassifierLayer
 
 
-def _head_layer(head: HeadSpec, c: int, width: int, num_classes: int, side: int) -> HeadLayer | PoolHeadLayer:
+def _head_layer(head: HeadSpec, c: int, width: int, num_classes: int, side: int) -> Layer:
+    if not head.conv:
+        return ClassifierLayer(c, num_classes, side)
     if not head.mix:
         return PoolHeadLayer(c, width, num_classes, head.activation, side)
     return HeadLayer(c, expanded_width(c, head.expand_ratio), width, num_classes, head.activation, side)
@@ -292,6 +308,13 @@ def space_layers(space: SearchSpace, num_classes: int, in_channels: int | None =
     """Every distinct layer that some sub-network of `space` contains (enumerated exactly, without sampling archs)."""
     spec = space.spec
     in_channels = space.in_channels if in_channels is None else in_channels
+    if spec.width_multiplier is not None:  # widths move together: far fewer layers than per-layer choices give
+        return {
+            layer
+            for m in space.tied_multipliers()
+            for r in spec.resolutions
+            for layer in arch_layers(space, space.at_width(m, r), num_classes, in_channels)
+        }
     layers: set[Layer] = set()
     states: set[tuple[int, int]] = set()  # (channels, side) reachable at the current point of the network
     for r in spec.resolutions:
@@ -303,7 +326,7 @@ def space_layers(space: SearchSpace, num_classes: int, in_channels: int | None =
         stage_layers, states = st.stage_layers(states)
         layers |= stage_layers
     for c, side in states:
-        for w in spec.head.widths:
+        for w in spec.head.widths if spec.head.conv else [c]:
             layers.add(_head_layer(spec.head, c, w, num_classes, side))
     return layers
 

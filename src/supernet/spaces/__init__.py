@@ -33,3 +33,8 @@ def get(name: str) -> SearchSpace:
         raise SpaceError(f"unknown search space {name!r}; presets are {names()} (or pass a path to a .yaml file)")
     with resources.as_file(resources.files(__name__) / f"{name}.yaml") as path:
         return from_yaml(path)
+
+
+def resolve(space: str | dict[str, Any]) -> SearchSpace:
+    """A config's `space`: a preset name, a YAML path, or a space mapping (`SearchSpace.to_dict`)."""
+    return from_dict(space, source="config space") if isinstance(space, dict) else get(space)

@@ -57,7 +57,7 @@ from supernet.evaluation import Evaluator
 from supernet.fileio import atomic_write_text
 from supernet.model import Supernet, build_static
 from supernet.nn.batchnorm import frozen_bn_statistics, make_synchronizable, synchronized_statistics
-from supernet.runs import load_network
+from supernet.runs import load_network, starting_weights
 from supernet.space import Arch, SearchSpace
 from supernet.training.cream import CreamTeacher
 from supernet.training.diagnostics import epoch_record, group_diagnostics
@@ -151,18 +151,53 @@ def build_sampler(config: Config) -> Sampler:
     return DiversitySampler(num_networks=s.num_networks, inputs=s.inputs)
 
 
-def param_groups(net: nn.Module, weight_decay: float, decay_bn_and_bias: bool) -> list[dict[str, Any]]:
-    """Optimizer groups: weight decay off for BN parameters and biases (1-D tensors) unless asked."""
-    decay, no_decay = [], []
-    for p in net.parameters():
-        (decay if p.ndim > 1 or decay_bn_and_bias else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(net: nn.Module, weight_decay: float, decay_bn_and_bias: bool, lr_scale: dict[str, float] | None = None
+                 ) -> list[dict[str, Any]]:
+    """Optimizer groups: weight decay off for BN parameters and biases (1-D tensors) unless asked.
+
+    `lr_scale` maps parameter names to lr factors (layer-wise lr): each distinct factor gets its own pair of
+    groups, and parameters it leaves out are not trained (a frozen backbone).
+    """
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, p in net.named_parameters():
+        scale = 1.0 if lr_scale is None else lr_scale.get(name)
+        if scale is None:
+            p.requires_grad_(False)
+            continue
+        groups.setdefault((scale, p.ndim > 1 or decay_bn_and_bias), []).append(p)
+    if lr_scale is None:  # the two groups every recipe has had, even when one is empty
+        return [{"params": groups.get((1.0, True), []), "weight_decay": weight_decay},
+                {"params": groups.get((1.0, False), []), "weight_decay": 0.0}]
+    return [{"params": ps, "weight_decay": weight_decay if decayed else 0.0, "lr_scale": scale}
+            for (scale, decayed), ps in sorted(groups.items(), key=lambda kv: (-kv[0][0], not kv[0][1]))]
+
+
+def layer_lr_scales(net: Supernet, decay: float, freeze_backbone: bool) -> dict[str, float]:
+    """Per parameter its lr factor: decay^d, d the blocks between it and the head (head 0, stem deepest);
+    with `freeze_backbone` only the classifier, at factor 1."""
+    depth: dict[str, int] = {}
+    blocks = [(s, b) for s, stage in enumerate(net.stages) for b in range(len(stage))]
+    for name, _ in net.named_parameters():
+        if name.startswith("head."):
+            depth[name] = 0
+        elif name.startswith("stages."):
+            s, b = (int(part) for part in name.split(".")[1:3])
+            depth[name] = len(blocks) - blocks.index((s, b))
+        else:
+            depth[name] = len(blocks) + 1
+    if freeze_backbone:
+        return {name: 1.0 for name in depth if name.startswith("head.classifier.")}
+    return {name: decay**d for name, d in depth.items()}
 
 
 def build_optimizer(net: nn.Module, config: Config) -> torch.optim.Optimizer:
     """The optimizer a config names, over `param_groups` (no weight decay on BN parameters and biases)."""
-    o = config.optim
-    groups = param_groups(net, o.weight_decay, o.decay_bn_and_bias)
+    o, network = config.optim, config.network
+    scales = None
+    if network is not None and (network.freeze_backbone or network.layer_lr_decay != 1.0):
+        assert isinstance(net, Supernet)
+        scales = layer_lr_scales(net, network.layer_lr_decay, network.freeze_backbone)
+    groups = param_groups(net, o.weight_decay, o.decay_bn_and_bias, scales)
     if o.name == "adam":
         return torch.optim.Adam(groups, lr=o.lr, eps=o.adam_eps)
     if o.name == "rmsprop":
@@ -222,10 +257,15 @@ class Trainer:
         self.device = self.dist.device if dist is not None else torch.device(
             device or ("cuda" if torch.cuda.is_available() else "cpu"))
         # A resumed run rebuilds the space it saved: the config may name a YAML path relative to another cwd.
-        self.space = spaces.get(config.space) if state is None else _saved_space(state, path)
+        self.space = spaces.resolve(config.space) if state is None else _saved_space(state, path)
+        self.fixed = config.network is not None  # one fixed network (distill, finetune): the space's only member
+        if self.fixed and self.space.size() != 1:
+            raise ConfigError(f"network: the space {self.space.name!r} holds {self.space.size():.3g} networks; a "
+                              "fixed network trains in its one-network space (SearchSpace.pinned, as `supernet "
+                              "distill` and `supernet finetune` write it)")
         self.data = data or build_data(
             config.data.name, config.data.root, val_size=config.data.val_size, seed=config.seed,
-            image_size=config.data.image_size, limit=config.data.limit,
+            image_size=config.data.image_size, limit=config.data.limit, classes=config.data.classes,
         )
         self.num_classes = self.data.num_classes
         with torch.random.fork_rng(devices=[]):  # initial weights from the config's seed, global RNG untouched
@@ -233,6 +273,9 @@ class Trainer:
             self.net = Supernet(self.space, self.num_classes, self.data.in_channels, config.kernel_transform)
         if config.train.sync_bn:  # choice-block operators hold plain BatchNorm2d: make them able to synchronise
             make_synchronizable(self.net)
+        self.replaced_classifier = False  # a fixed network's head was swapped for another number of classes
+        if self.fixed and state is None:
+            self._load_starting_weights()
         self.net.to(self.device)
         self.net.set_channels_last(config.train.channels_last)
         self._teacher_module = teacher_module
@@ -302,6 +345,10 @@ class Trainer:
         if changed or from_epoch is not None:
             self.log.write({"kind": "resume", "step": self.global_step, "overrides": changed,
                             "from_epoch": from_epoch})
+        if self.fixed and state is None:
+            assert config.network is not None
+            self.log.write({"kind": "network", "step": 0, "init": config.network.init,
+                            "replaced_classifier": self.replaced_classifier})
 
     def close(self) -> None:
         """Release the DistributedDataParallel wrapper; call before destroying the process group."""
@@ -310,6 +357,26 @@ class Trainer:
             gc.collect()  # its reducer must go while the process group still exists
 
     # -- construction helpers ------------------------------------------------------------------------
+    def _load_starting_weights(self) -> None:
+        """A fixed network's `network.init` weights; a classifier for another number of classes stays fresh."""
+        network = self.config.network
+        assert network is not None
+        if network.init == "scratch":
+            return
+        start = starting_weights(network.init, network.arch)
+        if start.in_channels != self.data.in_channels:
+            raise ConfigError(f"network.init {start.source} takes {start.in_channels}-channel images, the data set "
+                              f"{self.data.name} has {self.data.in_channels}")
+        skip: set[str] = set()
+        if start.num_classes != self.num_classes:  # transfer: a new head for the new classes
+            skip = {k for k in start.state if k.startswith("head.classifier.")}
+            self.replaced_classifier = True
+        try:
+            self.net.load_extracted(start.state, skip)
+        except ValueError as err:
+            raise ConfigError(f"network.init {start.source} does not hold the network of the config's space "
+                              f"({err}); write the config with `supernet finetune` / `supernet distill`") from None
+
     def _build_block_teacher(self) -> TeacherBlocks:
         t = self.config.teacher
         if self._teacher_module is not None:
@@ -527,7 +594,7 @@ class Trainer:
         """One optimizer step; returns its losses, or None when it was skipped for a non-finite loss."""
         cfg = self.config
         for group in self.optimizer.param_groups:
-            group["lr"] = plan.lr
+            group["lr"] = plan.lr * group.get("lr_scale", 1.0)
         archs = self._archs(plan, images, labels, epoch)
         check_same([a.to_json() for a in archs], f"the architectures of step {self.global_step}", self.dist)
         largest = plan.space.largest()
@@ -546,7 +613,7 @@ class Trainer:
         student_losses: list[float] = []
         for i, arch in enumerate(archs):
             # the full model of in-place recipes trains on labels; OFA phases have none, every sample distils
-            is_full = i == 0 and arch == largest and plan.num_random is None
+            is_full = i == 0 and arch == largest and plan.num_random is None and not self.fixed
             synced = i == len(archs) - 1  # DDP all-reduces the accumulated gradients once, after the last
             with contextlib.nullcontext() if self.ddp is None or synced else self.ddp.no_sync():
                 # dropout: on the full model of in-place recipes; on every sample in OFA phases (OFA's net)
