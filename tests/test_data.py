@@ -589,3 +589,19 @@ def test_real_fashion_mnist() -> None:
     assert torch.bincount(bundle.test.labels).tolist() == [1000] * 10
     images, _ = next(iter(Loader(bundle.train, 256, seed=0, epoch=0, shuffle=True, augment=True)))
     assert images.shape == (256, 1, 28, 28) and abs(images.mean().item()) < 0.2
+
+
+def test_keep_classes_relabels_in_the_order_given() -> None:
+    from supernet.data import DatasetError, keep_classes
+    from training_helpers import small_data
+
+    data = small_data()
+    kept = keep_classes(data, [3, 1])
+    assert kept.num_classes == 2 and kept.class_names == (data.class_names[3], data.class_names[1])
+    for split, original in ((kept.train, data.train), (kept.test, data.test)):
+        assert len(split) == int(((original.labels == 3) | (original.labels == 1)).sum())
+        assert torch.equal(split.images[split.labels == 0], original.images[original.labels == 3])
+        assert torch.equal(split.images[split.labels == 1], original.images[original.labels == 1])
+    for bad in ([], [1, 1], [10]):
+        with pytest.raises(DatasetError, match="data.classes"):
+            keep_classes(data, bad)

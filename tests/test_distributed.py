@@ -14,8 +14,9 @@ import torch.multiprocessing as mp
 
 from supernet import Supernet, spaces
 from supernet.distributed import DistContext, RankMismatch, check_same, init_from_env, shutdown
+from supernet.retrain import distill_config
 from supernet.training.loop import Trainer
-from training_helpers import quick_config, small_data
+from training_helpers import CONFIGS, QUICK, TINY_SPACE, quick_config, small_data
 
 OVERRIDES = ["train.epochs=1", "train.eval_every_epochs=0", "train.sync_bn=true", "optim.lr=0.8"]
 TINY_CHOICE = str(Path(__file__).parent / "data" / "tiny_choice.yaml")
@@ -25,16 +26,20 @@ EXTRA = {"dna.yaml": [f"space={TINY_CHOICE}", "optim.lr=0.2"]}
 
 
 def teacher_for(recipe: str) -> torch.nn.Module | None:
-    """DNA's frozen teacher (the same on every rank); None for the other recipes."""
-    if recipe != "dna.yaml":
+    """DNA's and distillation's frozen teacher (the same on every rank); None for the other recipes."""
+    if recipe not in ("dna.yaml", "distill_kl.yaml"):
         return None
-    space = spaces.get(TINY_CHOICE)
+    space = spaces.get(TINY_CHOICE if recipe == "dna.yaml" else TINY_SPACE)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(5)
         return Supernet(space, 10, 1).extract(space.largest()).eval()
 
 
 def config_for(recipe: str, batch: int):
+    if recipe == "distill_kl.yaml":  # one fixed network (`supernet distill`) from the teacher module given
+        overrides = [s for s in QUICK if not s.startswith("space=")]
+        return distill_config(TINY_SPACE, "given-as-module", arch="smallest", recipe=CONFIGS / recipe,
+                              overrides=[*overrides, *OVERRIDES, f"data.batch_size={batch}"])
     return quick_config(recipe, *OVERRIDES, *EXTRA.get(recipe, []), f"data.batch_size={batch}")
 
 
@@ -84,7 +89,7 @@ def _mismatch_worker(rank: int, world: int, port: int) -> None:
         shutdown(ctx)
 
 
-@pytest.mark.parametrize("recipe", ["alphanet.yaml", "attentivenas.yaml", "dna.yaml"])
+@pytest.mark.parametrize("recipe", ["alphanet.yaml", "attentivenas.yaml", "dna.yaml", "distill_kl.yaml"])
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, recipe: str) -> None:
     small_data()  # skip early when the data set is absent
     # DNA's MSE against teacher features (convs run at another batch size, rounding differently) drifts past

@@ -417,3 +417,18 @@ def test_load_supernet_errors(space: SearchSpace, tmp_path: Path) -> None:
     make_run(space, tmp_path / "mismatch", other, config={})
     with pytest.raises(RunDirError, match="do not fit its saved search space"):
         load_supernet(tmp_path / "mismatch")
+
+
+def test_card_lineage_and_before_are_recorded(space: SearchSpace, tmp_path: Path) -> None:
+    """A fine-tuned network's card: its lineage (JSON values only) and the accuracy it started from."""
+    arch = space.smallest()
+    net = Supernet(space, 10, 1).extract(arch)
+    lineage = {"method": "fine-tune", "from": "runs/x/export", "epochs": 1.0, "classes": None}
+    card = {"test": {"top1": 0.5}, "before": {"top1": 0.25}, "lineage": lineage}
+    export_subnet(net, space, arch, 10, 1, tmp_path / "e", card=card, onnx=False)
+    doc = json.loads((tmp_path / "e" / "arch.json").read_text())["card"]
+    assert doc["lineage"] == lineage and doc["before"] == {"top1": 0.25}
+    text = (tmp_path / "e" / "MODEL_CARD.md").read_text()
+    assert "- method: `fine-tune`" in text and "| test, before (the network it came from) | 25.00%" in text
+    with pytest.raises(ValueError, match="JSON values"):
+        export_subnet(net, space, arch, 10, 1, tmp_path / "f", card={"lineage": {"x": object()}}, onnx=False)

@@ -32,7 +32,11 @@ FORBIDDEN = {
     "supernet.blockwise": ("supernet.training", "supernet.search", "supernet.export", "supernet.runs",
                            "supernet.evaluation"),
     "supernet.evaluation": ("supernet.training", "supernet.search", "supernet.export", "supernet.runs"),
-    "supernet.training": ("supernet.search", "supernet.export", "supernet.report", "supernet.demo", "supernet.cli"),
+    "supernet.training": ("supernet.search", "supernet.export", "supernet.report", "supernet.demo", "supernet.cli",
+                          "supernet.retrain"),
+    "supernet.search": ("supernet.retrain", "supernet.demo", "supernet.cli"),
+    # fine-tuning and distillation build on training, search (evaluation) and export; the demo and CLI use them
+    "supernet.retrain": ("supernet.demo", "supernet.cli", "supernet.report"),
 }
 ENTRY_POINTS = {"supernet.cli"}  # may import lazily, to keep `--help` fast
 

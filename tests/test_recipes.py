@@ -43,6 +43,9 @@ COMPARISONS = {
                                        {"teacher", "distill"}),
     "imagenet alphanet table 1 mbv2": ([f"imagenet/slimmable_mbv2_{v}.yaml" for v in ("nokd", "kl", "adaptive")],
                                        {"teacher", "distill"}),
+    # AlphaNet Tables 5-6: one network from a fixed teacher with KL-KD or adaptive KD: only the divergence.
+    "alphanet table 5": (["distill_kl.yaml", "distill_adaptive.yaml"], {"distill"}),
+    "imagenet alphanet table 5": (["imagenet/distill_kl.yaml", "imagenet/distill_adaptive.yaml"], {"distill"}),
     "imagenet alphanet": (
         ["imagenet/alphanet.yaml", "imagenet/attentivenas.yaml", "imagenet/bignas.yaml"],
         {"sampler", "teacher", "distill"},
@@ -133,3 +136,17 @@ def test_slimmable_recipes_follow_alphanet_section_4_1() -> None:
     assert imagenet.train.epochs == 360 and imagenet.optim.lr_schedule == "cosine"
     assert imagenet.optim.lr * 2048 / imagenet.optim.lr_reference_batch == pytest.approx(0.8)
     assert load_config(CONFIGS / "imagenet" / "slimmable_mbv2_kl.yaml").space == "slimmable_mbv2"
+
+
+def test_distill_and_transfer_recipes_follow_alphanet() -> None:
+    """Appendix C: (1 - 0.9) CE + 0.9 T^2 KL at T = 1 on plain labels; section 4.3: SGD 0.9, smoothing 0.1,
+    dropout 0.5, 150 epochs at batch 64, lr and weight decay chosen on a 20% hold-out."""
+    kl = load_config(CONFIGS / "distill_kl.yaml")
+    assert (kl.distill.divergence, kl.distill.options, kl.distill.kd_weight, kl.distill.ce_weight) == (
+        "kl", {"temperature": 1.0}, 0.9, 0.1)
+    assert kl.optim.label_smoothing == 0.0 and kl.sampler.name == "uniform" and kl.sampler.num_random == 1
+    adaptive = load_config(CONFIGS / "distill_adaptive.yaml").distill
+    assert adaptive.divergence == "adaptive_alpha" and adaptive.options["clip"] == 5.0
+    transfer = load_config(CONFIGS / "transfer.yaml")
+    assert (transfer.optim.momentum, transfer.optim.label_smoothing, transfer.train.dropout) == (0.9, 0.1, 0.5)
+    assert (transfer.train.epochs, transfer.data.batch_size, transfer.data.val_size) == (150, 64, 12000)

@@ -220,3 +220,14 @@ def test_eval_widths_from_the_cli_writes_table_one(tmp_path, capsys: pytest.Capt
     assert main(["eval", str(run), "--widths", "0.1", "--split", "val"]) == 2
     err = capsys.readouterr().err.strip()
     assert "0.1" in err and err.count("\n") == 0
+
+
+def test_mobilenet_v2_preset_is_slimmable_mbv2_down_to_a_quarter() -> None:
+    """AlphaNet Table 6's MobileNetV2 0.25x student: the same layout as slimmable_mbv2, a wider range."""
+    wide, slim = spaces.get("mobilenet_v2"), spaces.get("slimmable_mbv2")
+    for m in (0.35, 0.5, 0.75, 1.0):
+        assert macs(wide, wide.at_width(m), 1000) == macs(slim, slim.at_width(m), 1000)
+    quarter = wide.at_width(0.25)
+    assert quarter.widths[0] == 8 and quarter.head_width == 1280 and wide.smallest() == quarter
+    with pytest.raises(ArchError, match="outside"):
+        slim.at_width(0.25)

@@ -14,7 +14,7 @@ import supernet
 from supernet import spaces
 from supernet.allocator import retain_freed_memory
 from supernet.checkpoint import RunDirError
-from supernet.config import RESUME_OVERRIDES, ConfigError, load_config
+from supernet.config import RESUME_OVERRIDES, Config, ConfigError, load_config
 from supernet.cost import cost, summary
 
 if TYPE_CHECKING:
@@ -38,9 +38,6 @@ def _cmd_space(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from supernet.distributed import init_from_env, shutdown
-    from supernet.training.loop import Trainer, TrainingInterrupted, TrainingStopped
-
     if args.resume and args.config:
         raise ConfigError("--resume continues a run with its saved config; drop CONFIG "
                           "(a few settings may change with --set, see --help)")
@@ -49,12 +46,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.from_epoch is not None and not args.resume:
         raise ConfigError("--from-epoch N goes with --resume RUN_DIR")
     config = None if args.resume else load_config(args.config, args.overrides)
+    code, _ = _train(config, args)
+    return code
+
+
+def _train(config: Config | None, args: argparse.Namespace) -> tuple[int, Path | None]:
+    """Train `config` (or resume `args.resume`) in one process or under torchrun; (exit code, the run
+    directory once training finished on the main process, else None)."""
+    from supernet.distributed import init_from_env, shutdown
+    from supernet.training.loop import Trainer, TrainingInterrupted, TrainingStopped
+
     ctx = init_from_env()
     trainer = None
     try:
         if args.resume:
             trainer = Trainer(None, args.resume, resume=True, progress=not args.no_progress, dist=ctx,
-                              resume_overrides=args.overrides, from_epoch=args.from_epoch)
+                              resume_overrides=args.overrides, from_epoch=getattr(args, "from_epoch", None))
         else:
             out = args.out or f"runs/{Path(args.config).stem}"
             trainer = Trainer(config, out, force=args.force, progress=not args.no_progress, dist=ctx)
@@ -65,20 +72,89 @@ def _cmd_train(args: argparse.Namespace) -> int:
                               "give a later step or leave it out to train to the end")
         result = trainer.run(until_step=args.max_steps)
     except TrainingInterrupted as err:
-        print(f"supernet train: {err}", file=sys.stderr)
-        return 130
+        print(f"supernet {args.command}: {err}", file=sys.stderr)
+        return 130, None
     except TrainingStopped as err:
-        print(f"supernet train: stopped: {err}", file=sys.stderr)
-        return 3
+        print(f"supernet {args.command}: stopped: {err}", file=sys.stderr)
+        return 3, None
     finally:
         if trainer is not None:
             trainer.close()
         shutdown(ctx)
     if not ctx.is_main:
-        return 0
+        return 0, None
     state = "finished" if result.finished else "paused (resume with --resume)"
     print(f"{state} at step {result.global_step}/{result.total_steps}; checkpoints in {trainer.run_dir.checkpoints}")
+    return 0, trainer.run_dir.root if result.finished else None
+
+
+def _parse_classes(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        classes = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        classes = []
+    if not classes or min(classes) < 0:
+        raise ConfigError(f"--classes {text!r}: give class indices separated by commas, like 0,1,2,3,4")
+    return classes
+
+
+def _fixed_network_run(args: argparse.Namespace, build: Callable[[], Config], default_out: str) -> int:
+    """distill / finetune: build the fixed network's config (unless resuming), train it, export it."""
+    from supernet.retrain import export_network
+
+    if args.resume and args.source:
+        raise ConfigError(f"--resume continues the run with its saved settings; drop {args.source}")
+    if not args.resume and not args.source:
+        raise ConfigError(f"give what to train (see `supernet {args.command} --help`) or --resume RUN_DIR")
+    config = None if args.resume else build()
+    if not args.resume and args.out is None:
+        args.out = default_out
+    code, run_dir = _train(config, args)
+    if code or run_dir is None:
+        return code
+    out, done = export_network(run_dir, onnx=not args.no_onnx, overwrite=True)
+    before = json.loads((out / "arch.json").read_text())["card"].get("before")
+    after = f"test top-1 {done.test.top1:.2%}"
+    if before is not None:
+        print(f"before: test top-1 {before['top1']:.2%} (the export it started from); after: {after}")
+    else:
+        print(f"after: {after}")
+    onnx = "" if done.onnx_diff is None else f"; ONNX matches PyTorch within {done.onnx_diff:.1e}"
+    print(f"exported to {out} (MODEL_CARD.md records its lineage){onnx}")
     return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from supernet.retrain import finetune_config
+
+    if not args.resume and args.epochs is None:
+        raise ConfigError("give --epochs N: how long to fine-tune")
+
+    def build() -> Config:
+        return finetune_config(args.source, epochs=args.epochs, recipe=args.config, from_scratch=args.from_scratch,
+                               teacher=args.teacher, data=args.data, data_root=args.data_root,
+                               classes=_parse_classes(args.classes), freeze_backbone=args.freeze_backbone,
+                               layer_lr_decay=args.layer_lr_decay, overrides=args.overrides)
+
+    tag = "retrain" if args.from_scratch else "finetune"
+    return _fixed_network_run(args, build, f"runs/{tag}-{Path(str(args.source)).name}")
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from supernet.retrain import distill_config
+
+    if not args.resume and args.teacher is None:
+        raise ConfigError("give --teacher: an export directory, or a run whose largest network teaches")
+
+    def build() -> Config:
+        return distill_config(args.source, args.teacher, recipe=args.config, arch=args.arch,
+                              from_scratch=args.from_scratch, epochs=args.epochs, data=args.data,
+                              data_root=args.data_root, classes=_parse_classes(args.classes),
+                              overrides=args.overrides)
+
+    return _fixed_network_run(args, build, f"runs/distill-{Path(str(args.source)).stem}")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -299,6 +375,25 @@ def _probability(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    """argparse type: a number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+    return value
+
+
+def _unit_interval(text: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    value = _positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {value}")
+    return value
+
+
 class _HelpWithDefaults(argparse.HelpFormatter):
     """Appends '(default: X)' to every option's help that has a real default and does not state one."""
 
@@ -315,6 +410,24 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=None, help="evaluation batch (default: the run's)")
     p.add_argument("--recal-images", type=_positive_int, default=None,
                    help="training images for BN recalibration (default: the run's train.recal_images)")
+
+
+def _add_fixed_network_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="a recipe YAML for the optimizer, data, regularisation and distill loss")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set optim.lr=0.01; with --resume only "
+                   f"{', '.join(RESUME_OVERRIDES)}")
+    p.add_argument("--data", choices=["fashion_mnist", "cifar10", "cifar100", "imagefolder"],
+                   help="another data set (transfer): the classifier is replaced when its classes differ")
+    p.add_argument("--data-root", help="its directory (default: the data set's standard location)")
+    p.add_argument("--classes", metavar="I,J,...", help="train on these classes only, relabelled 0..k-1 (a new head)")
+    p.add_argument("--out", help="run directory (default: runs/<command>-<source name>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR, then export it")
+    p.add_argument("--force", action="store_true", help="start over in an existing run directory")
+    p.add_argument("--max-steps", type=_positive_int, default=None,
+                   help="pause after this global step (checkpointed; continue with --resume)")
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX file of the export")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,6 +488,48 @@ def build_parser() -> argparse.ArgumentParser:
                        help="pause after this global step (checkpointed; continue with --resume)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(handler=_cmd_train)
+
+    finetune = commands.add_parser(
+        "finetune",
+        help="fine-tune an exported sub-network, retrain it from scratch, or transfer it to other data",
+        description="Continue training an exported sub-network with the weights it inherited from the supernet "
+        "(settings: --config, else its run's with a tenth of the lr and no warm-up), or retrain it from scratch; "
+        "with --data / --classes it transfers to another task with a fresh classifier. The run directory is a "
+        "normal run (resume, metrics, TensorBoard); when training ends the network is exported to RUN/export "
+        "with a model card of its lineage and its test accuracy before and after.",
+    )
+    finetune.add_argument("source", nargs="?", metavar="EXPORT_DIR", help="an export of `supernet export` / search")
+    finetune.add_argument("--epochs", type=_positive_float, help="epochs to train")
+    finetune.add_argument("--from-scratch", action="store_true",
+                          help="re-initialise the weights and retrain the architecture (EnNAS's protocol; the control "
+                          "for whether weight sharing helps), with the base settings' own lr and warm-up")
+    finetune.add_argument("--teacher", help="add distillation from a frozen network: an export, or a run (its largest "
+                          "network, e.g. the supernet the export came from); the loss is the config's distill")
+    finetune.add_argument("--freeze-backbone", action="store_true",
+                          help="train only the classifier (BN statistics still adapt)")
+    finetune.add_argument("--layer-lr-decay", type=_unit_interval, default=1.0,
+                          help="lr x DECAY^d for a layer d blocks below the head (stem deepest); 1 trains all at one lr")
+    _add_fixed_network_options(finetune)
+    finetune.set_defaults(handler=_cmd_finetune)
+
+    distill = commands.add_parser(
+        "distill",
+        help="train one network from a frozen teacher (KL at a temperature or adaptive alpha-divergence)",
+        description="Train one static network from a frozen teacher: loss kd_weight x divergence(student, "
+        "teacher) + ce_weight x CE, from --config (without one: AlphaNet's 0.9 x T^2 KL(T = 1) + 0.1 x CE, "
+        "Appendix C; configs/distill_adaptive.yaml uses the adaptive alpha-divergence). Same run directory, "
+        "resume, logging and torchrun as train; the network is exported to RUN/export when training ends.",
+    )
+    distill.add_argument("source", nargs="?", metavar="STUDENT",
+                         help="an export (its weights inherited unless --from-scratch), a run directory, or a space "
+                         "preset / YAML (with --arch; trained from scratch)")
+    distill.add_argument("--teacher", help="an export directory, or a run directory / checkpoint (its largest network)")
+    distill.add_argument("--arch", help="the student in a run or space: largest, smallest, a width like 0.5x "
+                         "(slimmable spaces) or an ARCH.json (default: largest)")
+    distill.add_argument("--epochs", type=_positive_float, help="epochs to train (default: the config's)")
+    distill.add_argument("--from-scratch", action="store_true", help="an export student: start from fresh weights")
+    _add_fixed_network_options(distill)
+    distill.set_defaults(handler=_cmd_distill)
 
     ev = commands.add_parser(
         "eval", help="accuracy of one sub-network after BN recalibration (cached per checkpoint)",

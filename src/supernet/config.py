@@ -289,7 +289,12 @@ class NetworkConfig(_Section):
         "scratch", description="starting weights: scratch (re-initialised), an export directory, or a run "
         "directory / checkpoint whose supernet holds `arch`"
     )
-    arch: dict[str, Any] | None = Field(None, description="with a run as init: the sub-network of the run's space")
+    space: str | dict[str, Any] | None = Field(
+        None, description="the space the network was taken from (its export is written as a network of it)"
+    )
+    arch: dict[str, Any] | None = Field(
+        None, description="the network in `network.space`; with a run as init, the sub-network it starts from"
+    )
     freeze_backbone: bool = Field(False, description="train only the classifier (BN statistics still adapt)")
     layer_lr_decay: float = Field(
         1.0, gt=0, le=1, description="lr x decay^d for a layer d blocks below the head (the stem deepest); 1: one lr"
@@ -297,10 +302,9 @@ class NetworkConfig(_Section):
     lineage: dict[str, Any] = Field(default_factory=dict, description="what the network came from (model card)")
 
     @model_validator(mode="after")
-    def _arch_with_run(self) -> NetworkConfig:
-        if self.init == "scratch" and self.arch is not None:
-            raise ValueError("network.arch names the sub-network inside a run given as network.init; with init "
-                             "scratch the network is the space's only member")
+    def _arch_with_space(self) -> NetworkConfig:
+        if self.space is not None and self.arch is None:
+            raise ValueError("network.space needs network.arch, the network of that space")
         return self
 
 

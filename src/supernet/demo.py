@@ -1,12 +1,14 @@
-"""The main job: train (DepS + adaptive alpha-divergence), search, export three budgets, report — resumable."""
+"""The main job: train (DepS + adaptive alpha-divergence), search, export three budgets, fine-tune one briefly,
+report — resumable."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from supernet.config import load_config
 from supernet.report import write_report
+from supernet.retrain import export_network, finetune_config
 from supernet.search.evolution import SearchSettings
 from supernet.search.front_file import read_front
 from supernet.search.job import best_under, deliver, open_run, run_search
@@ -16,6 +18,8 @@ from supernet.training.loop import Trainer
 
 RECIPE = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 BUDGETS = ("macs<=1.5M", "macs<=3M", "macs<=6M")
+FINETUNE = "macs<=3M"  # the export fine-tuned at the end, for FINETUNE_EPOCHS with its run's settings at lr / 10
+FINETUNE_EPOCHS = 1.0
 # A small search for 2 CPU cores; parents per MACs bucket keep the cheap end of the front breeding.
 DEMO_SEARCH = SearchSettings(population=64, parents=16, parent_selection="buckets", mutations=32, crossovers=32,
                              iterations=4, prescreen_keep=16)
@@ -30,11 +34,14 @@ class DemoRow:
     val_top1: float
     test_top1: float
     path: Path
+    finetuned_test_top1: float | None = None  # after the brief fine-tune (only the FINETUNE budget)
 
 
 def run_demo(out: Path, *, recipe: Path | None = None, overrides: list[str] | None = None, progress: bool = True,
-             search: SearchSettings = DEMO_SEARCH, budgets: tuple[str, ...] = BUDGETS) -> list[DemoRow]:
-    """Run (or continue) the whole pipeline under `out`; returns the summary rows."""
+             search: SearchSettings = DEMO_SEARCH, budgets: tuple[str, ...] = BUDGETS,
+             finetune: str | None = FINETUNE, finetune_epochs: float = FINETUNE_EPOCHS) -> list[DemoRow]:
+    """Run (or continue) the whole pipeline under `out`; returns the summary rows. The export of budget
+    `finetune` (None: none) is then fine-tuned for `finetune_epochs` into `out/finetune`."""
     run_dir, search_dir, report_dir = out / "run", out / "search", out / "report"
     if (run_dir / "checkpoints" / "latest.pt").is_file():
         print(f"[demo] continuing the run in {run_dir}")
@@ -64,11 +71,29 @@ def run_demo(out: Path, *, recipe: Path | None = None, overrides: list[str] | No
         target = out / "export" / str(budget).replace("<=", "_le_").replace(".", "p")
         done = deliver(opened, best.arch, target, budget=budget, overwrite=True)
         rows.append(DemoRow(str(budget), best.macs, done.val.top1, done.test.top1, target))
+    chosen = next((i for i, r in enumerate(rows) if finetune and r.budget == str(Constraint.parse(finetune))), None)
+    if chosen is not None:
+        rows[chosen] = replace(rows[chosen], finetuned_test_top1=_finetune(rows[chosen].path, out / "finetune",
+                                                                           finetune_epochs, progress))
 
     index = write_report([run_dir], [search_dir], report_dir, title="supernet demo: DepS + adaptive alpha on Fashion-MNIST",
                          export_dirs=[r.path for r in rows])
     print(summary(rows, report, run_dir, search_dir, index))
     return rows
+
+
+def _finetune(export: Path, run_dir: Path, epochs: float, progress: bool) -> float:
+    """Fine-tune `export` (resuming an interrupted fine-tune), export it into run_dir/export: its test top-1."""
+    if (run_dir / "checkpoints" / "latest.pt").is_file():
+        print(f"[demo] continuing the fine-tune in {run_dir}")
+        trainer = Trainer(None, run_dir, resume=True, progress=progress)
+    else:
+        print(f"[demo] fine-tuning {export} for {epochs:g} epoch(s) into {run_dir}")
+        trainer = Trainer(finetune_config(export, epochs=epochs), run_dir, force=True, progress=progress)
+    trainer.run()
+    trainer.close()
+    _, done = export_network(run_dir, overwrite=True)
+    return done.test.top1
 
 
 def _recipe() -> Path:
@@ -95,4 +120,8 @@ def summary(rows: list[DemoRow], report: dict, run_dir: Path, search_dir: Path, 
     ]
     for r in rows:
         lines.append(f"{r.budget:<14} {r.macs / 1e6:7.2f} {r.val_top1:10.2%} {r.test_top1:11.2%}  {r.path}")
+    for r in rows:
+        if r.finetuned_test_top1 is not None:
+            lines.append(f"fine-tuned {r.budget}: test top-1 {r.test_top1:.2%} before, {r.finetuned_test_top1:.2%} "
+                         f"after ({r.path.parent.parent / 'finetune' / 'export'})")
     return "\n".join(lines)

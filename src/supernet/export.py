@@ -80,8 +80,10 @@ def export_subnet(
 ) -> ExportedPaths:
     """Write `module` (the extracted `arch`) to `out_dir`: arch.json, weights, model.onnx and MODEL_CARD.md.
 
-    `card` may hold source (run directory), checkpoint_id, dataset, budget, val / test (EvalResult or a
-    dict with top1, top5), mean / std (input normalisation per channel) and notes.
+    `card` may hold source (run directory), checkpoint_id, dataset, budget, val / test / before (EvalResult
+    or a dict with top1, top5; before: the test accuracy of the network it was fine-tuned from), mean / std
+    (input normalisation per channel), lineage (a JSON mapping: what the network was trained from and how)
+    and notes.
     """
     if weights_format not in WEIGHTS_FILES:
         raise ValueError(f"weights_format must be one of {sorted(WEIGHTS_FILES)}, got {weights_format!r}")
@@ -202,7 +204,7 @@ def _card_doc(card: Mapping[str, Any], in_channels: int) -> dict[str, Any]:
     for key in ("source", "checkpoint_id", "dataset", "budget", "notes"):
         if card.get(key) is not None:
             doc[key] = str(card[key])
-    for split in ("val", "test"):
+    for split in ("val", "test", "before"):
         result = card.get(split)
         if result is None:
             continue
@@ -222,6 +224,14 @@ def _card_doc(card: Mapping[str, Any], in_channels: int) -> dict[str, Any]:
                 f"model card {key!r} must list one number per input channel ({in_channels}), got {values!r}"
             )
         doc[key] = [float(v) for v in values]
+    lineage = card.get("lineage")
+    if lineage is not None:
+        if not isinstance(lineage, Mapping):
+            raise ValueError(f"model card 'lineage' must be a mapping, got {lineage!r}")
+        try:
+            doc["lineage"] = json.loads(json.dumps(dict(lineage)))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"model card 'lineage' must hold JSON values only ({err})") from None
     return doc
 
 
@@ -322,6 +332,10 @@ def _model_card(doc: dict[str, Any], where: str) -> str:
         lines.append(f"- data set: {card['dataset']}")
     if "budget" in card:
         lines.append(f"- chosen under the budget: `{card['budget']}`")
+    if "lineage" in card:
+        lines += ["", "## Lineage", ""]
+        lines += [f"- {key}: `{json.dumps(value) if not isinstance(value, str) else value}`"
+                  for key, value in card["lineage"].items()]
     lines += [
         "",
         "## Cost",
@@ -335,13 +349,14 @@ def _model_card(doc: dict[str, Any], where: str) -> str:
         "## Accuracy",
         "",
     ]
-    splits = [s for s in ("val", "test") if s in card]
+    splits = [s for s in ("val", "test", "before") if s in card]
     if splits:
         lines += ["| split | top-1 | top-5 | images |", "|---|---:|---:|---:|"]
         for split in splits:
             result = card[split]
+            label = "test, before (the network it came from)" if split == "before" else split
             lines.append(
-                f"| {split} | {_percent(result['top1'])} | {_percent(result.get('top5'))} "
+                f"| {label} | {_percent(result['top1'])} | {_percent(result.get('top5'))} "
                 f"| {result.get('images', 'n/a')} |"
             )
     else:

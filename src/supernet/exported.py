@@ -27,7 +27,8 @@ ONNX_FILE = "model.onnx"
 CARD_FILE = "MODEL_CARD.md"
 WEIGHTS_FILES = {"safetensors": "model.safetensors", "torch": "model.pt"}
 EXPORT_FILES = frozenset({ARCH_FILE, ONNX_FILE, CARD_FILE, *WEIGHTS_FILES.values()})
-CARD_KEYS = ("source", "checkpoint_id", "dataset", "budget", "val", "test", "mean", "std", "notes")
+CARD_KEYS = ("source", "checkpoint_id", "dataset", "budget", "val", "test", "before", "mean", "std", "lineage",
+             "notes")
 DOC_KEYS = ("arch", "space", "num_classes", "in_channels", "weights")
 REEXPORT = "re-export it with `supernet export`"
 

@@ -675,6 +675,8 @@ class SearchSpace:
         (`supernet distill` / `supernet finetune`); its only member is `pinned(arch).largest()`."""
         self.validate(arch)
         spec = self.spec
+        if spec.name.endswith("-pinned") and self.size() == 1:
+            return self  # already one network's space
         stages = [part for s, st in enumerate(self.stages) for part in st.pinned(arch.stage(s))]
         name = spec.name if spec.name.endswith("-pinned") else f"{spec.name}-pinned"
         pinned = spec.model_copy(update={

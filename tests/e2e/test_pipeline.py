@@ -112,12 +112,21 @@ def test_demo_runs_and_continues(tmp_path: Path) -> None:
     settings = SearchSettings(population=8, parents=4, parent_selection="buckets", mutations=4, crossovers=4, iterations=1,
                               prescreen_keep=3)
     budgets = ("macs<=0.4M", "macs<=0.9M")
-    rows = run_demo(tmp_path, overrides=overrides, progress=False, search=settings, budgets=budgets)
+    rows = run_demo(tmp_path, overrides=overrides, progress=False, search=settings, budgets=budgets,
+                    finetune="macs<=0.9M")
     assert [r.budget for r in rows] == ["macs<=400K", "macs<=900K"]
+    assert rows[0].finetuned_test_top1 is None and rows[1].finetuned_test_top1 is not None
+    tuned = json.loads((tmp_path / "finetune" / "export" / "arch.json").read_text())["card"]
+    assert tuned["before"]["top1"] == rows[1].test_top1 and tuned["test"]["top1"] == rows[1].finetuned_test_top1
     assert all(r.path.is_dir() and (r.path / "model.onnx").is_file() for r in rows)
     assert (tmp_path / "report" / "index.html").is_file()
     checkpoint = tmp_path / "run" / "checkpoints" / "latest.pt"
     stamp = checkpoint.stat().st_mtime_ns
-    again = run_demo(tmp_path, progress=False, search=settings, budgets=budgets)  # continues, does not restart
+    tuned_checkpoint = tmp_path / "finetune" / "checkpoints" / "latest.pt"
+    tuned_stamp = tuned_checkpoint.stat().st_mtime_ns
+    again = run_demo(tmp_path, progress=False, search=settings, budgets=budgets,  # continues, does not restart
+                     finetune="macs<=0.9M")
+    assert again[1].finetuned_test_top1 == rows[1].finetuned_test_top1
+    assert tuned_checkpoint.stat().st_mtime_ns == tuned_stamp
     assert [(r.budget, r.macs) for r in again] == [(r.budget, r.macs) for r in rows]
     assert checkpoint.stat().st_mtime_ns == stamp  # training was already finished: nothing retrained

@@ -58,7 +58,7 @@ from supernet.fileio import atomic_write_text
 from supernet.model import Supernet, build_static
 from supernet.nn.batchnorm import frozen_bn_statistics, make_synchronizable, synchronized_statistics
 from supernet.runs import load_network, starting_weights
-from supernet.space import Arch, SearchSpace
+from supernet.space import Arch, ArchError, SearchSpace, SpaceError
 from supernet.training.cream import CreamTeacher
 from supernet.training.diagnostics import epoch_record, group_diagnostics
 from supernet.training.diversity import DiversitySampler, estimation_macs
@@ -263,6 +263,8 @@ class Trainer:
             raise ConfigError(f"network: the space {self.space.name!r} holds {self.space.size():.3g} networks; a "
                               "fixed network trains in its one-network space (SearchSpace.pinned, as `supernet "
                               "distill` and `supernet finetune` write it)")
+        if self.fixed and state is None:
+            self._check_pinned(config)
         self.data = data or build_data(
             config.data.name, config.data.root, val_size=config.data.val_size, seed=config.seed,
             image_size=config.data.image_size, limit=config.data.limit, classes=config.data.classes,
@@ -357,6 +359,21 @@ class Trainer:
             gc.collect()  # its reducer must go while the process group still exists
 
     # -- construction helpers ------------------------------------------------------------------------
+    def _check_pinned(self, config: Config) -> None:
+        """A fixed network's space is `network.space` pinned at `network.arch`, when those are given."""
+        network = config.network
+        assert network is not None
+        if network.space is None or network.arch is None:
+            return
+        try:
+            origin = spaces.resolve(network.space)
+            expected = origin.pinned(origin.validate(Arch.from_dict(network.arch)))
+        except (SpaceError, ArchError) as err:
+            raise ConfigError(f"network.space / network.arch: {err}") from None
+        if expected.to_dict() != self.space.to_dict():
+            raise ConfigError("space is not network.space pinned at network.arch; let `supernet finetune` / "
+                              "`supernet distill` (or supernet.retrain) write the config")
+
     def _load_starting_weights(self) -> None:
         """A fixed network's `network.init` weights; a classifier for another number of classes stays fresh."""
         network = self.config.network
