@@ -141,11 +141,19 @@ def test_finetune_from_the_cli_resumes_bit_exactly_and_records_its_lineage(
     assert card["before"] == before
     assert card["lineage"]["method"] == "fine-tune" and card["lineage"]["init"] == str(exported)
     assert card["lineage"]["supernet_run"] == str(exported.parent / "run")
+    assert card["lineage"]["settings"] == str(exported.parent / "run" / "config.yaml")
     config = yaml.safe_load((straight / "config.yaml").read_text())
     run_lr = yaml.safe_load((exported.parent / "run" / "config.yaml").read_text())["optim"]["lr"]
     assert config["optim"]["lr"] == pytest.approx(run_lr / 10) and config["optim"]["warmup_epochs"] == 0
     text = (straight / "export" / "MODEL_CARD.md").read_text()
     assert "## Lineage" in text and "test, before" in text
+    # fine-tuning the fine-tuned export keeps the history
+    assert main(["finetune", str(straight / "export"), "--epochs", "0.25", "--out", str(tmp_path / "again"),
+                 "--no-progress", "--no-onnx"]) == 0
+    again = json.loads((tmp_path / "again" / "export" / "arch.json").read_text())["card"]
+    assert again["lineage"]["previous"] == card["lineage"] and again["lineage"]["supernet_run"] == str(
+        exported.parent / "run")
+    assert again["before"] == card["test"]
 
 
 def test_from_scratch_retrains_fresh_weights(exported: Path, tmp_path: Path) -> None:

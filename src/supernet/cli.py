@@ -50,7 +50,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return code
 
 
-def _train(config: Config | None, args: argparse.Namespace) -> tuple[int, Path | None]:
+def _train(config: Config | None, args: argparse.Namespace, note: str | None = None) -> tuple[int, Path | None]:
     """Train `config` (or resume `args.resume`) in one process or under torchrun; (exit code, the run
     directory once training finished on the main process, else None)."""
     from supernet.distributed import init_from_env, shutdown
@@ -67,6 +67,8 @@ def _train(config: Config | None, args: argparse.Namespace) -> tuple[int, Path |
             trainer = Trainer(config, out, force=args.force, progress=not args.no_progress, dist=ctx)
         if ctx.is_main:
             print(f"run directory: {trainer.run_dir.root}", file=sys.stderr)
+            if note:
+                print(note, file=sys.stderr)
         if args.max_steps is not None and args.max_steps <= trainer.global_step:
             raise ConfigError(f"--max-steps {args.max_steps} is not beyond the run's step {trainer.global_step}; "
                               "give a later step or leave it out to train to the end")
@@ -111,7 +113,11 @@ def _fixed_network_run(args: argparse.Namespace, build: Callable[[], Config], de
     config = None if args.resume else build()
     if not args.resume and args.out is None:
         args.out = default_out
-    code, run_dir = _train(config, args)
+    note = None
+    if config is not None and config.network is not None:
+        lineage = config.network.lineage
+        note = f"{lineage['method']} {lineage['from']}: settings from {lineage['settings']}"
+    code, run_dir = _train(config, args, note)
     if code or run_dir is None:
         return code
     out, done = export_network(run_dir, onnx=not args.no_onnx, overwrite=True)

@@ -99,7 +99,8 @@ def finetune_config(
         base["optim"]["lr"] = round(base["optim"]["lr"] * FINETUNE_LR_FACTOR, 12)
         base["optim"]["warmup_epochs"] = 0.0
     method = "retrain from scratch" if from_scratch else "fine-tune"
-    return _fixed_config(base, source, method=method, inherit=not from_scratch, teacher=teacher, epochs=epochs,
+    return _fixed_config(base, source, method=method, settings_from=str(recipe or source.run_config or "defaults"),
+                         inherit=not from_scratch, teacher=teacher, epochs=epochs,
                          data=data, data_root=data_root, classes=classes, freeze_backbone=freeze_backbone,
                          layer_lr_decay=layer_lr_decay, overrides=overrides)
 
@@ -129,7 +130,8 @@ def distill_config(
         base["distill"] = dict(DISTILL_DEFAULTS)
         base["optim"]["label_smoothing"] = 0.0  # Eq. 7-8's CE is on the plain labels
     inherit = source.card != {} and not from_scratch  # an export's weights; a run's arch trains from scratch
-    return _fixed_config(base, source, method="distill", inherit=inherit, teacher=teacher, epochs=epochs, data=data,
+    return _fixed_config(base, source, method="distill", settings_from=str(recipe or "defaults"), inherit=inherit,
+                         teacher=teacher, epochs=epochs, data=data,
                          data_root=data_root, classes=classes, freeze_backbone=False, layer_lr_decay=1.0,
                          overrides=overrides)
 
@@ -140,7 +142,7 @@ def _base_settings(recipe: str | os.PathLike[str] | None, run_config: Path | Non
 
 
 def _fixed_config(
-    base: dict[str, Any], source: NetworkSource, *, method: str, inherit: bool, teacher: str | None,
+    base: dict[str, Any], source: NetworkSource, *, method: str, settings_from: str, inherit: bool, teacher: str | None,
     epochs: float | None, data: str | None, data_root: str | None, classes: Sequence[int] | None,
     freeze_backbone: bool, layer_lr_decay: float, overrides: Sequence[str],
 ) -> Config:
@@ -168,10 +170,14 @@ def _fixed_config(
         settings["train"] = {**settings["train"], "epochs": epochs}
     init = source.weights if inherit and source.weights is not None else "scratch"
     origin = source.weights or f"{source.space.name} space, {source.space.arch_text(source.arch)}"
-    lineage: dict[str, Any] = {"method": method, "from": origin}
+    lineage: dict[str, Any] = {"method": method, "from": origin, "settings": settings_from}
     for key in ("source", "checkpoint_id", "budget"):
         if source.card.get(key) is not None:
             lineage[{"source": "supernet_run"}.get(key, key)] = source.card[key]
+    previous = source.card.get("lineage")
+    if isinstance(previous, dict):  # the export was itself fine-tuned or distilled: keep its history
+        lineage.update({k: previous[k] for k in ("supernet_run", "budget") if k in previous})
+        lineage["previous"] = previous
     if teacher is not None:
         lineage["teacher"] = str(teacher)
     settings["network"] = {
