@@ -176,7 +176,8 @@ def test_transfer_to_five_classes_replaces_only_the_head(exported: Path, tmp_pat
     assert int(trainer.data.train.labels.max()) == 4 and int(trainer.data.test.labels.max()) == 4
     assert trainer.run().finished
     trainer.close()
-    out, done = export_network(tmp_path / "run", onnx=False)
+    done = export_network(tmp_path / "run", onnx=False)
+    out = done.path
     start, moved = load_export(exported).net.state_dict(), load_export(out).net.state_dict()
     assert start.keys() == moved.keys()
     changed_shape = {k for k in start if start[k].shape != moved[k].shape}

@@ -120,15 +120,14 @@ def _fixed_network_run(args: argparse.Namespace, build: Callable[[], Config], de
     code, run_dir = _train(config, args, note)
     if code or run_dir is None:
         return code
-    out, done = export_network(run_dir, onnx=not args.no_onnx, overwrite=True)
-    before = json.loads((out / "arch.json").read_text())["card"].get("before")
+    done = export_network(run_dir, onnx=not args.no_onnx, overwrite=True)
     after = f"test top-1 {done.test.top1:.2%}"
-    if before is not None:
-        print(f"before: test top-1 {before['top1']:.2%} (the export it started from); after: {after}")
+    if done.before is not None:
+        print(f"before: test top-1 {done.before['top1']:.2%} (the export it started from); after: {after}")
     else:
         print(f"after: {after}")
     onnx = "" if done.onnx_diff is None else f"; ONNX matches PyTorch within {done.onnx_diff:.1e}"
-    print(f"exported to {out} (MODEL_CARD.md records its lineage){onnx}")
+    print(f"exported to {done.path} (MODEL_CARD.md records its lineage){onnx}")
     return 0
 
 

@@ -280,8 +280,8 @@ class TrainConfig(_Section):
 class NetworkConfig(_Section):
     """Train one fixed network instead of a supernet (`supernet distill`, `supernet finetune`).
 
-    `space` is then that network's one-network space (`SearchSpace.pinned`), and the network is its only
-    member; it trains on labels (`teacher.name: none`) or from a frozen teacher (`external`) with the
+    The config's top-level `space` is then that network's one-network space (`network.space` pinned at
+    `network.arch`, `SearchSpace.pinned`), and the network is its only member; it trains on labels (`teacher.name: none`) or from a frozen teacher (`external`) with the
     configured divergence, as a student: `distill.kd_weight` x divergence + `distill.ce_weight` x CE.
     """
 

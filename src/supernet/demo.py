@@ -92,8 +92,7 @@ def _finetune(export: Path, run_dir: Path, epochs: float, progress: bool) -> flo
         trainer = Trainer(finetune_config(export, epochs=epochs), run_dir, force=True, progress=progress)
     trainer.run()
     trainer.close()
-    _, done = export_network(run_dir, overwrite=True)
-    return done.test.top1
+    return export_network(run_dir, overwrite=True).test.top1
 
 
 def _recipe() -> Path:

@@ -18,14 +18,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from supernet import spaces
 from supernet.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
+from supernet.evaluation import EvalResult
 from supernet.export import export_subnet, verify_onnx
 from supernet.exported import export_root, is_export_dir, read_doc
 from supernet.runs import load_supernet, read_arch
-from supernet.search.job import Delivered, open_run
+from supernet.search.job import open_run
 from supernet.space import Arch, SearchSpace
 
 FINETUNE_LR_FACTOR = 0.1  # inherited weights fine-tune at a tenth of their run's peak lr, without warm-up
@@ -38,6 +39,7 @@ DISTILL_DEFAULTS: dict[str, Any] = {"divergence": "kl", "options": {"temperature
 class NetworkSource:
     """A network to train: its space and architecture, where its weights can come from, what it was trained for."""
 
+    kind: Literal["export", "run", "space"]
     space: SearchSpace
     arch: Arch
     weights: str | None  # an export or run directory holding trained weights; None for a bare space
@@ -59,16 +61,16 @@ def network_source(source: str | os.PathLike[str], arch: str | None = None) -> N
         card = dict(doc.get("card") or {})
         run = Path(card["source"]) if card.get("source") else None
         run_config = run / "config.yaml" if run is not None and (run / "config.yaml").is_file() else None
-        return NetworkSource(space, space.validate(Arch.from_dict(doc["arch"])), str(root), card,
+        return NetworkSource("export", space, space.validate(Arch.from_dict(doc["arch"])), str(root), card,
                              card.get("dataset"), run_config)
     if Path(text).exists() and Path(text).suffix not in (".yaml", ".yml"):
         loaded = load_supernet(text)
         run_dir = Path(text) if Path(text).is_dir() else None
         config = run_dir / "config.yaml" if run_dir is not None and (run_dir / "config.yaml").is_file() else None
-        return NetworkSource(loaded.space, read_arch(loaded.space, arch or "largest"), text, {},
+        return NetworkSource("run", loaded.space, read_arch(loaded.space, arch or "largest"), text, {},
                              loaded.config["data"]["name"], config)
     space = spaces.get(text)
-    return NetworkSource(space, read_arch(space, arch or "largest"), None, {}, None, None)
+    return NetworkSource("space", space, read_arch(space, arch or "largest"), None, {}, None, None)
 
 
 def finetune_config(
@@ -129,7 +131,7 @@ def distill_config(
     if recipe is None:
         base["distill"] = dict(DISTILL_DEFAULTS)
         base["optim"]["label_smoothing"] = 0.0  # Eq. 7-8's CE is on the plain labels
-    inherit = source.card != {} and not from_scratch  # an export's weights; a run's arch trains from scratch
+    inherit = source.kind == "export" and not from_scratch  # a run's or a space's network trains from scratch
     return _fixed_config(base, source, method="distill", settings_from=str(recipe or "defaults"), inherit=inherit,
                          teacher=teacher, epochs=epochs, data=data,
                          data_root=data_root, classes=classes, freeze_backbone=False, layer_lr_decay=1.0,
@@ -187,10 +189,21 @@ def _fixed_config(
     return config_from_dict(apply_overrides(settings, list(overrides)), f"supernet {method}")
 
 
+@dataclass(frozen=True)
+class NetworkExport:
+    """A trained fixed network's export: where it went, its accuracy, and the accuracy it started from."""
+
+    path: Path
+    val: EvalResult | None
+    test: EvalResult
+    before: dict[str, Any] | None  # the starting export's test result, when measured on the same task
+    onnx_diff: float | None
+
+
 def export_network(
     run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None, *, onnx: bool = True,
     overwrite: bool = False,
-) -> tuple[Path, Delivered]:
+) -> NetworkExport:
     """Export a trained fixed network (default: into RUN/export) as a network of its original space, with a
     model card of its lineage, its val/test accuracy after BN recalibration and, when it started from an
     export of the same task, that export's test accuracy before."""
@@ -228,7 +241,7 @@ def export_network(
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "export"
     export_subnet(ev.extract(trained), space, arch, opened.run.num_classes, opened.run.in_channels, out, card=card,
                   onnx=onnx, overwrite=overwrite)
-    return out, Delivered(val, test, verify_onnx(out) if onnx else None)
+    return NetworkExport(out, val, test, before, verify_onnx(out) if onnx else None)
 
 
 def _options_text(options: dict[str, Any]) -> str:
