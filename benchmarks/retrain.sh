@@ -37,7 +37,8 @@ go() {  # NAME COMMAND...: run (or resume) a fine-tune / distill into RUNS/NAME,
   cp "$runs/$name/export/arch.json" "$results/$name.json"
 }
 go finetune finetune "$student" --epochs "$epochs"
-go from_scratch finetune "$student" --epochs "$epochs" --from-scratch
+# the no-KD control of the two distillations: their recipe's settings (lr, data, no dropout), labels only
+go from_scratch finetune "$student" --epochs "$epochs" --from-scratch --config configs/distill_kl.yaml
 go distill_kl distill "$student" --from-scratch --teacher "$teacher" --config configs/distill_kl.yaml --epochs "$epochs"
 go distill_adaptive distill "$student" --from-scratch --teacher "$teacher" --config configs/distill_adaptive.yaml \
   --epochs "$epochs"

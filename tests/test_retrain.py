@@ -169,6 +169,26 @@ def test_from_scratch_retrains_fresh_weights(exported: Path, tmp_path: Path) -> 
                        start["stem.0.weight"])
 
 
+def test_a_fixed_network_trains_with_the_configured_dropout(exported: Path, tmp_path: Path, monkeypatch) -> None:
+    """The fixed network is its space's largest (and only) network: `train.dropout` applies to it (AlphaNet
+    section 4.3 fine-tunes with dropout 0.5)."""
+    rates: list[float] = []
+    original = Trainer._forward
+
+    def forward(self: Trainer, arch, images, regularise: bool = False):  # type: ignore[no-untyped-def]
+        out = original(self, arch, images, regularise)
+        if torch.is_grad_enabled():
+            rates.append(self.net.dropout_rate)
+        return out
+
+    monkeypatch.setattr(Trainer, "_forward", forward)
+    trainer = Trainer(finetune_config(exported, epochs=1, overrides=["train.dropout=0.3"]), tmp_path / "run",
+                      progress=False)
+    trainer.run(until_step=2)
+    trainer.close()
+    assert rates == [0.3, 0.3]
+
+
 def test_transfer_to_five_classes_replaces_only_the_head(exported: Path, tmp_path: Path) -> None:
     config = finetune_config(exported, epochs=1, classes=[0, 1, 2, 3, 4], freeze_backbone=True)
     trainer = Trainer(config, tmp_path / "run", progress=False)

@@ -632,9 +632,11 @@ class Trainer:
             # the full model of in-place recipes trains on labels; OFA phases have none, every sample distils
             is_full = i == 0 and arch == largest and plan.num_random is None and not self.fixed
             synced = i == len(archs) - 1  # DDP all-reduces the accumulated gradients once, after the last
+            # dropout: on the full model of in-place recipes, on every sample in OFA phases (OFA's net), and on
+            # a fixed network, which is the largest (and only) network of its space
+            regularise = is_full or self.fixed or plan.num_random is not None
             with contextlib.nullcontext() if self.ddp is None or synced else self.ddp.no_sync():
-                # dropout: on the full model of in-place recipes; on every sample in OFA phases (OFA's net)
-                logits = self._forward(arch, images, regularise=is_full or plan.num_random is not None).float()
+                logits = self._forward(arch, images, regularise=regularise).float()
                 ce = F.cross_entropy(logits, labels, label_smoothing=cfg.optim.label_smoothing)
                 if is_full:
                     loss, scale = ce, 1.0
