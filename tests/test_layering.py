@@ -37,6 +37,10 @@ FORBIDDEN = {
     "supernet.search": ("supernet.retrain", "supernet.demo", "supernet.cli"),
     # fine-tuning and distillation build on training, search (evaluation) and export; the demo and CLI use them
     "supernet.retrain": ("supernet.demo", "supernet.cli", "supernet.report"),
+    # reading a published checkpoint builds a supernet and writes a run directory: below everything that reads one
+    "supernet.published": ("supernet.training", "supernet.search", "supernet.export", "supernet.retrain",
+                           "supernet.report", "supernet.demo", "supernet.cli", "supernet.runs",
+                           "supernet.evaluation"),
 }
 ENTRY_POINTS = {"supernet.cli"}  # may import lazily, to keep `--help` fast
 

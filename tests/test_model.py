@@ -14,7 +14,7 @@ from supernet.model import build_static
 from supernet.space import ArchError
 
 # Extraction is resolution-agnostic; large spaces run at a smaller input to keep the suite fast.
-INPUT_SIDE = {"fmnist": None, "fmnist_choice": None, "ofa_mbv3": 64, "alphanet": 64, "proxyless_gpu": 64,
+INPUT_SIDE = {"fmnist": None, "fmnist_choice": None, "ofa_mbv3": 64, "ofa_mbv3_w12": 64, "alphanet": 64, "proxyless_gpu": 64,
               "spos_shufflenet": 64, "ennas_s1": 64, "ennas_s2": 64, "ennas_s3": 64,
               "fmnist_slimmable": None, "slimmable_mbv1": 64, "slimmable_mbv2": 64, "mobilenet_v2": 64}
 

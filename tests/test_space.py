@@ -41,7 +41,8 @@ def tiny_space_dict() -> dict:
 
 def test_presets_are_listed_and_load() -> None:
     assert PRESETS == ["alphanet", "ennas_s1", "ennas_s2", "ennas_s3", "fmnist", "fmnist_choice", "fmnist_slimmable",
-                       "mobilenet_v2", "ofa_mbv3", "proxyless_gpu", "slimmable_mbv1", "slimmable_mbv2", "spos_shufflenet"]
+                       "mobilenet_v2", "ofa_mbv3", "ofa_mbv3_w12", "proxyless_gpu", "slimmable_mbv1", "slimmable_mbv2",
+                       "spos_shufflenet"]
     for name in PRESETS:
         assert spaces.get(name).name == name
 

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 import supernet
 from supernet import spaces
 from supernet.allocator import retain_freed_memory
-from supernet.checkpoint import RunDirError
+from supernet.checkpoint import RunDir, RunDirError, load_checkpoint, require_keys
 from supernet.config import RESUME_OVERRIDES, Config, ConfigError, load_config
 from supernet.cost import cost, summary
+from supernet.space import SearchSpace
 
 if TYPE_CHECKING:
     from supernet.search.job import OpenRun
@@ -324,13 +325,25 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _space_or_run(text: str) -> tuple[SearchSpace, int]:
+    """A preset, a space YAML, or a run directory's saved space; with its number of classes."""
+    if Path(text).is_dir():
+        run = RunDir(Path(text))
+        run.require_existing()
+        state = load_checkpoint(run.latest)
+        require_keys(state, run.latest)
+        return spaces.from_dict(state["space"], source=f"{run.latest} (saved space)"), int(state["num_classes"])
+    space = spaces.get(text)
+    return space, space.spec.num_classes
+
+
 def _cmd_latency(args: argparse.Namespace) -> int:
     import random
 
     from supernet.search.latency import LatencyTable, evaluate_table
 
-    space = spaces.get(args.space)
-    num_classes = space.spec.num_classes if args.num_classes is None else args.num_classes
+    space, run_classes = _space_or_run(args.space)
+    num_classes = run_classes if args.num_classes is None else args.num_classes
     table = LatencyTable.build(space, num_classes, args.in_channels, backend=args.backend, batch=args.batch,
                                threads=args.threads, warmup=args.warmup, repeats=args.repeats)
     table.save(args.out)
@@ -341,6 +354,23 @@ def _cmd_latency(args: argparse.Namespace) -> int:
         err = evaluate_table(table, [space.sample(rng) for _ in range(args.held_out)])
         print(f"prediction error on {err.n} held-out sub-networks: mean {err.mean_abs_pct:.1f}%, "
               f"max {err.max_abs_pct:.1f}%, Kendall tau {err.rank_correlation:.3f}")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from supernet.published import import_checkpoint
+
+    config = load_config(args.config) if args.config else None
+    result = import_checkpoint(args.checkpoint, args.out, args.source_format, config, args.data_root, args.force,
+                               args.resolutions, args.overrides)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    unused = f"; {len(result.unused)} unused by any forward pass (listed in import.json)" if result.unused else ""
+    print(f"imported {result.format} ({result.variant}) as space {result.space!r}, {result.num_classes} classes: "
+          f"{result.tensors} tensors placed{unused}")
+    if result.archs:
+        print(f"published sub-networks: {result.archs[0].parent}/ ({', '.join(p.stem for p in result.archs)})")
+    print(f"run directory: {result.run_dir}")
     return 0
 
 
@@ -367,6 +397,17 @@ def _int_at_least(low: int) -> Callable[[str], int]:
 
 _positive_int = _int_at_least(1)
 _count = _int_at_least(0)
+
+
+def _int_list(text: str) -> list[int]:
+    """`160,224` -> [160, 224]."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, like 160,224; got {text!r}")
+    return values
 
 
 def _probability(text: str) -> float:
@@ -643,7 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and write a lookup table that predicts any sub-network's latency; run it on the target device and "
         "copy the JSON back. Reports the prediction error on held-out sub-networks measured whole.",
     )
-    latency.add_argument("space", help="a preset or a space YAML")
+    latency.add_argument("space", help="a preset, a space YAML or a run directory (its saved space)")
     latency.add_argument("--out", required=True, help="the table JSON to write")
     latency.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch", help="runtime to time")
     latency.add_argument("--batch", type=_positive_int, default=1, help="images per timed call")
@@ -655,6 +696,30 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_argument("--held-out", type=_count, default=20, help="sub-networks measured to report the error (0: skip)")
     latency.add_argument("--seed", type=int, default=0, help="seed of the held-out sub-networks")
     latency.set_defaults(handler=_cmd_latency)
+
+    imp = commands.add_parser(
+        "import", help="read a published OFA or AttentiveNAS/AlphaNet supernet checkpoint into a run directory",
+        description="Map every tensor of a published supernet checkpoint (OFA's ofa_mbv3_d234_e346_k357_w1.0 / "
+        "w1.2, AttentiveNAS's or AlphaNet's supernet) onto our supernet of the matching preset (ofa_mbv3, "
+        "ofa_mbv3_w12, alphanet) and write a run directory that eval, search, export, latency, report and "
+        "finetune accept. Loads weights only; an unmapped, missing or mis-shaped tensor is an error naming it. "
+        "AttentiveNAS-format imports also get archs/NAME.json for the authors' published A0-A6 models.",
+    )
+    imp.add_argument("checkpoint", help="the checkpoint file as its authors distribute it")
+    imp.add_argument("--format", dest="source_format", choices=["ofa_mbv3", "attentivenas"], default=None,
+                     help="the checkpoint's code base (default: detected from its tensor names)")
+    imp.add_argument("--out", required=True, help="the run directory to write")
+    imp.add_argument("--data-root", default=None,
+                     help="ImageFolder tree (train/ and val/) that eval, search and export of the run read")
+    imp.add_argument("--config", default=None,
+                     help="a recipe whose settings the run keeps for fine-tuning (default: the defaults on an "
+                     "ImageFolder tree); its space is replaced by the checkpoint's")
+    imp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a setting of the run's config (repeatable)")
+    imp.add_argument("--resolutions", type=_int_list, default=None, metavar="R[,R...]",
+                     help="search and evaluate at these input sides only (default: the preset's, e.g. 128..224)")
+    imp.add_argument("--force", action="store_true", help="replace an earlier import in --out")
+    imp.set_defaults(handler=_cmd_import)
 
     demo = commands.add_parser(
         "demo", help="the main job: train (DepS + adaptive alpha), search, export 3 budgets, report",
@@ -677,6 +742,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from supernet.data import DatasetError
     from supernet.evaluation import CacheError
     from supernet.export import ExportError
+    from supernet.published import PublishedFormatError
     from supernet.report import ReportError
     from supernet.search.evolution import SearchError
     from supernet.search.front_file import FrontFileError
@@ -686,7 +752,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     return (SpaceError, ArchError, ConfigError, DatasetError, RunDirError, ExportError, CacheError, SearchError,
             ConstraintError, LatencyError, MissingLayerError, ReportError, FrontFileError, BlockwiseError,
-            FileNotFoundError)
+            PublishedFormatError, FileNotFoundError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -148,7 +148,7 @@ def verify_onnx(
 ) -> float:
     """Max abs difference between the ONNX model under onnxruntime and `load_subnet` on a random batch.
 
-    Raises ExportError when it exceeds `atol`. The batch differs from the export's batch of one, so the
+    Raises ExportError when it exceeds `atol` times the largest |logit| (at least 1). The batch differs from the export's batch of one, so the
     dynamic batch axis is exercised too.
     """
     root = export_root(out_dir)
@@ -181,9 +181,11 @@ def verify_onnx(
             f"{onnx_path} returns shape {tuple(onnx_out.shape)}, PyTorch {tuple(torch_out.shape)}"
         )
     diff = float((torch.from_numpy(onnx_out) - torch_out).abs().max())
-    if not diff <= atol:  # also catches NaN
+    bound = atol * max(1.0, float(torch_out.abs().max()))  # float32 rounding grows with the logits' scale
+    if not diff <= bound:  # also catches NaN
         raise ExportError(
-            f"{onnx_path} differs from the PyTorch model by {diff:.3g} (> atol {atol:g}); {REEXPORT}"
+            f"{onnx_path} differs from the PyTorch model by {diff:.3g} (> {bound:.3g}, atol {atol:g} x the "
+            f"logits' scale); {REEXPORT}"
         )
     return diff
 

@@ -48,6 +48,14 @@ class RunInfo:
     evals: list[dict[str, Any]]
     config: dict[str, Any] | None = None
     skipped_lines: tuple[int, ...] = ()
+    imported: dict[str, Any] | None = None  # the `supernet import` record of a published supernet
+
+    def untrained_note(self, what: str) -> str:
+        """Why this run has no `what` (curves, loss curve, training cost): imported, or not trained yet."""
+        if self.imported is not None:
+            return (f"Run {self.name} was imported from {self.imported.get('checkpoint', 'a checkpoint')} "
+                    f"({self.imported.get('format', '?')}); it was trained elsewhere, so it has no {what} here.")
+        return f"Run {self.name} has no training records yet; it has no {what}."
 
     @property
     def label(self) -> str:
@@ -147,9 +155,10 @@ def load_run(path: str | Path) -> RunInfo:
         return sorted((r for r in records if r.get("kind") == kind), key=lambda r: r.get("step", 0))
 
     config = read_run_config(root / "config.yaml")
+    imports = by_step("import")
     return RunInfo(
         root, root.resolve().name, None if config is None else _recipe_of(config), by_step("train"),
-        by_step("eval"), config, tuple(skipped),
+        by_step("eval"), config, tuple(skipped), imports[-1] if imports else None,
     )
 
 
@@ -373,7 +382,7 @@ def _series(records: list[dict[str, Any]], x: str, y: str) -> tuple[list[float],
 def curves_figure(runs: Sequence[tuple[RunInfo, Style]], notes: list[str]) -> Figure | None:
     """Val top-1 of the smallest and largest sub-networks per epoch, and training loss per step, per run."""
     if not any(r.train or r.evals for r, _ in runs):
-        notes.extend(f"Run {r.name} has no training records yet; it has no curves." for r, _ in runs)
+        notes.extend(r.untrained_note("curves") for r, _ in runs)
         return None
     fig = _new_figure(12, 4.8)
     acc, loss = fig.subplots(1, 2)
@@ -404,7 +413,7 @@ def curves_figure(runs: Sequence[tuple[RunInfo, Style]], notes: list[str]) -> Fi
     acc.grid(alpha=0.3)
     for r, st in runs:
         if not r.train:
-            notes.append(f"Run {r.name} has no training records yet; its loss curve is not shown.")
+            notes.append(r.untrained_note("loss curve"))
             continue
         full_name, student_name = loss_names(r)
         steps, full = _series(r.train, "step", "loss_full")
@@ -480,7 +489,8 @@ def cost_figure(runs: Sequence[tuple[RunInfo, Style]], notes: list[str]) -> Figu
     costed = []
     for r, st in runs:
         if r.latest("wall_time") is None and r.latest("train_macs") is None:
-            notes.append(f"Run {r.name} logged no training cost yet; it is left out of the cost plot.")
+            notes.append(r.untrained_note("training cost in the cost plot") if r.imported is not None
+                         else f"Run {r.name} logged no training cost yet; it is left out of the cost plot.")
         else:
             costed.append((r, st))
     if not costed:

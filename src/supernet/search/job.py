@@ -13,7 +13,7 @@ from typing import Any
 from tqdm import tqdm
 
 from supernet.blockwise import BlockLossRanker, TeacherBlocks
-from supernet.data import DataBundle, build_data
+from supernet.data import DataBundle, DatasetError, build_data
 from supernet.distributed import SINGLE, DistContext, sharded_map
 from supernet.evaluation import EvalResult, Evaluator
 from supernet.export import export_subnet, verify_onnx
@@ -70,6 +70,13 @@ def open_run(
         image_size=data_cfg.get("image_size"),
         classes=data_cfg.get("classes"),
     )
+    if data.num_classes != run.num_classes:
+        raise DatasetError(
+            f"{run_dir}: the supernet has {run.num_classes} classes but its data ({data_cfg['name']} at "
+            f"{data_cfg.get('root') or 'the default location'}) has {data.num_classes}; evaluate on data with the "
+            "same classes in the same order (an imported ImageNet supernet needs an ImageFolder of all 1000 "
+            "classes), or fine-tune an export for this data with `supernet finetune EXPORT --data-root DIR`"
+        )
     evaluator = Evaluator(
         run.net,
         data,

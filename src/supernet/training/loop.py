@@ -239,6 +239,10 @@ class Trainer:
             self.run_dir.require_existing()
             path = self.run_dir.latest if from_epoch is None else self._epoch_checkpoint(from_epoch)
             state = load_checkpoint(path)
+            if "imported" in state:
+                raise RunDirError(f"{self.run_dir.root} is a published supernet read in by `supernet import`; it has "
+                                  "no training state to resume: search and export it, then fine-tune an export with "
+                                  "`supernet finetune EXPORT_DIR`")
             require_keys(state, path, RESUME_KEYS)
             config = config_from_dict(state["config"], source=f"{path} (saved config)")
             overrides = list(resume_overrides or [])
