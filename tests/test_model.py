@@ -168,3 +168,16 @@ def test_relu6_space_builds_and_extracts_exactly() -> None:
     with torch.no_grad():
         assert torch.equal(net.extract(arch).eval()(x), net(x))
     assert any(isinstance(m, nn.ReLU6) for m in net.modules())
+
+
+def test_shortcut_pools_differ_only_on_odd_sides() -> None:
+    from supernet.nn.static import shortcut_pool
+
+    odd = torch.ones(1, 1, 3, 3)
+    assert torch.equal(shortcut_pool(odd, 2, "ceil"), torch.ones(1, 1, 2, 2))  # padding not counted
+    # AttentiveNAS: one zero each side, counted: the corner window holds 1 pixel of 4
+    assert torch.equal(shortcut_pool(odd, 2, "zero_pad"), torch.tensor([[[[0.25, 0.5], [0.5, 1.0]]]]))
+    even = torch.arange(16.0).reshape(1, 1, 4, 4)
+    assert torch.equal(shortcut_pool(even, 2, "ceil"), shortcut_pool(even, 2, "zero_pad"))
+    with pytest.raises(ValueError, match="unknown shortcut pool"):
+        shortcut_pool(even, 2, "max")

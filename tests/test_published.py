@@ -74,7 +74,8 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     runs = {}
     for name in NAMES:
         source = published_file(name, root / f"{name}.pth", legacy=name == "ofa_mbv3_w1.0")
-        runs[name] = import_checkpoint(source, root / name, data_root=str(root)).run_dir
+        resolutions = sorted({c["resolution"] for c in fixture(name)["cases"]})
+        runs[name] = import_checkpoint(source, root / name, data_root=str(root), resolutions=resolutions).run_dir
     return runs
 
 
@@ -204,6 +205,11 @@ def test_missing_extra_and_misshaped_tensors_are_errors_naming_them(tmp_path: Pa
     bad = dict(state)
     bad["blocks.7.conv.point_linear.conv.conv.weight"] = torch.zeros(40, 100, 1, 1)
     attempt(bad, r"'blocks.7.conv.point_linear.conv.weight' has shape \(40, 100, 1, 1\).*\(40, 240, 1, 1\)")
+    old_torch = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}  # saved before 0.4.1
+    torch.save({"state_dict": old_torch}, tmp_path / "old.pth")
+    import_checkpoint(tmp_path / "old.pth", tmp_path / "old", data_root=str(tmp_path))
+    record = json.loads((tmp_path / "old" / "import.json").read_text())
+    assert record["tensors"] == len(old_torch) and len(record["filled"]) == len(state) - len(old_torch) > 0
     other_width = dict(state)
     other_width["first_conv.conv.weight"] = torch.zeros(32, 3, 3, 3)
     attempt(other_width, "stem width 32: only w1.0")
@@ -267,7 +273,8 @@ def test_imported_run_searches_under_latency_exports_and_reports(tmp_path: Path,
     source = published_file("ofa_mbv3_w1.0", tmp_path / "ofa_mbv3_d234_e346_k357_w1.0")
     run, table = tmp_path / "run", tmp_path / "table.json"
     assert main(["import", str(source), "--out", str(run), "--data-root", str(data), "--resolutions", "128",
-                 "--set", "data.val_size=4", "--set", "data.image_size=128", "--set", "data.eval_batch_size=4"]) == 0
+                 "--set", "data.val_size=4", "--set", "data.image_size=128", "--set", "data.eval_batch_size=4",
+                 "--set", "data.batch_size=4"]) == 0
     assert main(["latency", str(run), "--out", str(table), "--warmup", "0", "--repeats", "1", "--held-out", "0"]) == 0
     capsys.readouterr()
     lat = LatencyTable.load(table)
@@ -286,6 +293,10 @@ def test_imported_run_searches_under_latency_exports_and_reports(tmp_path: Path,
     assert main(["report", str(run), str(search), str(export), "--out", str(report)]) == 0
     html = (report / "index.html").read_text()
     assert "was imported from" in html and "ofa_mbv3" in html
+    finetuned = tmp_path / "finetune"
+    assert main(["finetune", str(export), "--epochs", "1", "--max-steps", "1", "--out", str(finetuned),
+                 "--no-progress"]) == 0
+    assert "settings from" in capsys.readouterr().err and (finetuned / "checkpoints" / "latest.pt").is_file()
 
     # the export reproduces the source network's logits: in training mode BN uses the batch's statistics,
     # so the recalibrated running statistics do not enter and the export must equal the original code
@@ -309,10 +320,17 @@ def test_attentivenas_run_evaluates_a_published_model(imported: dict[str, Path],
     source = published_file("attentivenas", tmp_path / "alphanet_pretrained.pth.tar")
     run = tmp_path / "run"
     assert main(["import", str(source), "--format", "attentivenas", "--out", str(run), "--data-root", str(data),
-                 "--set", "data.val_size=4", "--set", "data.image_size=192", "--set", "data.eval_batch_size=4"]) == 0
+                 "--resolutions", "192,200", "--set", "data.val_size=4", "--set", "data.image_size=192",
+                 "--set", "data.eval_batch_size=4"]) == 0
     out = capsys.readouterr().out
     assert "AttentiveNAS / AlphaNet" in out and "alphanet_a0" in out
     assert main(["eval", str(run), "--arch", str(run / "archs" / "alphanet_a0.json"), "--recal-images", "8",
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["macs"] == pytest.approx(203e6, rel=0.005)
+    # at 200 px strided blocks see odd sides, where AttentiveNAS's zero-padded shortcut pooling differs from
+    # ceil-mode pooling: the ONNX export (checked against PyTorch inside `export`) must pool the same way
+    a0_200 = tmp_path / "a0_200.json"
+    a0_200.write_text(json.dumps(json.loads((run / "archs" / "alphanet_a0.json").read_text()) | {"resolution": 200}))
+    assert main(["export", str(run), "--arch", str(a0_200), "--out", str(tmp_path / "a0"), "--recal-images", "8"]) == 0
+    assert "ONNX max |diff|" in capsys.readouterr().out

@@ -67,6 +67,12 @@ class ElasticMBConvStage(FamilyStage):
         description="conv: every block is residual (avg-pool + 1x1 conv when the shape changes, AttentiveNAS); "
         "identity: residual only when the shape is unchanged (OFA).",
     )
+    shortcut_pool: Literal["ceil", "zero_pad"] = Field(
+        "ceil",
+        description="how a strided conv shortcut pools: ceil (ceil-mode 2x2 average, padding not counted) or "
+        "zero_pad (AttentiveNAS's and AlphaNet's code: an odd side padded by one zero on each side, the zeros "
+        "counted); the two differ only on odd sides.",
+    )
 
     @field_validator("widths", "depths", "expand_ratios")
     @classmethod
@@ -198,6 +204,7 @@ class ElasticMBConvStage(FamilyStage):
                 self.activation,
                 self.shortcut,
                 kernel_transform,
+                self.shortcut_pool,
             )
             for b in range(max(self.depths))
         ]
@@ -208,7 +215,8 @@ class ElasticMBConvStage(FamilyStage):
 
     def static_block(self, b: int, c_in: int, width: int, gene: Gene) -> nn.Module:
         """A plain MBConv."""
-        return MBConv(c_in, width, gene[0], gene[1], self.stride if b == 0 else 1, self.se, self.activation, self.shortcut)
+        return MBConv(c_in, width, gene[0], gene[1], self.stride if b == 0 else 1, self.se, self.activation, self.shortcut,
+                      self.shortcut_pool)
 
     def copy_block(self, block: nn.Module, static: nn.Module, gene: Gene) -> None:
         """Slice the shared weights into the static MBConv."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from supernet.nn.activations import make_activation
@@ -14,7 +13,7 @@ from supernet.nn.dynamic_ops import (
     DynamicLinear,
     DynamicSqueezeExcite,
 )
-from supernet.nn.static import Head, MBConv, SeparableConv
+from supernet.nn.static import Head, MBConv, SeparableConv, shortcut_pool
 from supernet.nn.widths import block_mid_channels, se_width
 
 
@@ -58,6 +57,7 @@ class DynamicMBConv(nn.Module):
         activation: str,
         shortcut: str,
         kernel_transform: bool = False,
+        shortcut_pool_mode: str = "ceil",
     ):
         super().__init__()
         max_in, max_out = max(in_widths), max(out_widths)
@@ -65,6 +65,7 @@ class DynamicMBConv(nn.Module):
         max_mid = max(mids)
         self.stride = stride
         self.shortcut_kind = shortcut
+        self.shortcut_pool_mode = shortcut_pool_mode
         self.act = make_activation(activation)
         self.expand_conv = self.expand_bn = None
         if any(e != 1 for e in expand_ratios):
@@ -99,7 +100,7 @@ class DynamicMBConv(nn.Module):
         elif self.shortcut_kind == "conv":
             residual = x
             if self.stride > 1:
-                residual = F.avg_pool2d(residual, self.stride, self.stride, ceil_mode=True, count_include_pad=False)
+                residual = shortcut_pool(residual, self.stride, self.shortcut_pool_mode)
             if in_c != out_c:
                 residual = self.shortcut_conv(residual, out_c)
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from supernet.nn.activations import hard_sigmoid, make_activation
@@ -35,17 +36,33 @@ class SqueezeExcite(nn.Module):
         return x * hard_sigmoid(self.expand(self.relu(self.reduce(y))))
 
 
+SHORTCUT_POOLS = ("ceil", "zero_pad")
+
+
+def shortcut_pool(x: Tensor, stride: int, mode: str = "ceil") -> Tensor:
+    """Average-pool a strided block's residual to the block's output side (ceil(side / stride)).
+
+    `ceil`: ceil-mode windows that do not count the padding; `zero_pad`: AttentiveNAS's and AlphaNet's code,
+    an odd side padded by one zero on each side, the zeros counted. The two differ only on odd sides.
+    """
+    if mode == "zero_pad":
+        return F.avg_pool2d(x, stride, stride, padding=x.shape[-1] % 2)
+    if mode != "ceil":
+        raise ValueError(f"unknown shortcut pool {mode!r}; choose one of {SHORTCUT_POOLS}")
+    return F.avg_pool2d(x, stride, stride, ceil_mode=True, count_include_pad=False)
+
+
 class Shortcut(nn.Module):
     """Residual branch for a shape change: average-pool when strided, then 1x1 conv when widths differ."""
 
-    def __init__(self, in_c: int, out_c: int, stride: int):
+    def __init__(self, in_c: int, out_c: int, stride: int, pool: str = "ceil"):
         super().__init__()
-        self.pool = nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else None
+        self.stride, self.pool_mode = stride, pool
         self.conv = nn.Conv2d(in_c, out_c, 1, bias=False) if in_c != out_c else None
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.pool is not None:
-            x = self.pool(x)
+        if self.stride > 1:
+            x = shortcut_pool(x, self.stride, self.pool_mode)
         if self.conv is not None:
             x = self.conv(x)
         return x
@@ -64,6 +81,7 @@ class MBConv(nn.Module):
         se: bool,
         activation: str,
         shortcut: str = "conv",
+        shortcut_pool_mode: str = "ceil",
     ):
         super().__init__()
         mid = block_mid_channels(in_c, expand_ratio)
@@ -72,7 +90,8 @@ class MBConv(nn.Module):
         self.se = SqueezeExcite(mid) if se else None
         self.project = conv_bn_act(mid, out_c, 1, 1, None)
         self.identity = in_c == out_c and stride == 1
-        self.shortcut = Shortcut(in_c, out_c, stride) if shortcut == "conv" and not self.identity else None
+        self.shortcut = (Shortcut(in_c, out_c, stride, shortcut_pool_mode) if shortcut == "conv" and not self.identity
+                         else None)
         self.residual = self.identity or self.shortcut is not None
 
     def forward(self, x: Tensor) -> Tensor:

@@ -124,11 +124,12 @@ def import_checkpoint(
     digest = _sha256(Path(checkpoint))
     provenance = {"checkpoint": str(Path(checkpoint).resolve()), "sha256": digest, "format": detected,
                   "variant": variant, "space": preset, "num_classes": num_classes,
-                  "tensors": len(conversion.state), "unused": conversion.unused}
+                  "tensors": len(conversion.state) - len(conversion.filled), "unused": conversion.unused,
+                  "filled": conversion.filled}
     archs = _write_published_archs(run.root, detected, space)
     atomic_write_text(run.config, dump_config(settings))
     atomic_write_text(run.root / "import.json", json.dumps(provenance, indent=2) + "\n")
-    record = {"kind": "import", "step": 0, **{k: v for k, v in provenance.items() if k != "unused"}}
+    record = {"kind": "import", "step": 0, **{k: v for k, v in provenance.items() if k not in ("unused", "filled")}}
     atomic_write_text(run.metrics, json.dumps(record) + "\n")  # what report shows in place of training curves
     _mkdir(run.checkpoints)
     save_checkpoint(run.latest, {  # last: a run directory with a checkpoint is a complete import
@@ -139,7 +140,7 @@ def import_checkpoint(
         "model": net.state_dict(),
         "imported": provenance,
     })
-    return ImportedRun(run.root, detected, variant, preset, num_classes, len(conversion.state),
+    return ImportedRun(run.root, detected, variant, preset, num_classes, provenance["tensors"],
                        conversion.unused, archs, notes)
 
 

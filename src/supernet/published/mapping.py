@@ -56,6 +56,7 @@ class Conversion:
 
     state: dict[str, Tensor]
     unused: dict[str, str]
+    filled: list[str]
 
 
 def block_slots(space: SearchSpace) -> list[tuple[int, int]]:
@@ -110,8 +111,13 @@ def convert(fmt: str, source: Mapping[str, Tensor], ours: Mapping[str, Tensor], 
                                        "checkpoint is from another variant of the network")
         placed_from[target] = key
         state[target] = value.to(ours[target].dtype)
+    # BN's step counter, which no forward pass with a momentum reads, is absent from checkpoints saved
+    # before torch 0.4.1: those are set to 0 and listed; any other missing tensor is an error
+    filled = [k for k in ours if k not in state and k.endswith("num_batches_tracked")]
+    for key in filled:
+        state[key] = ours[key].new_zeros(())
     missing = [k for k in ours if k not in state]
     if missing:
         raise PublishedFormatError(f"{fmt} checkpoint lacks {len(missing)} tensor(s) the {space.name} supernet needs, "
                                    f"e.g. {missing[0]!r}; the file is incomplete or from another variant")
-    return Conversion(state, unused)
+    return Conversion(state, unused, filled)
