@@ -41,6 +41,9 @@ FORBIDDEN = {
     "supernet.published": ("supernet.training", "supernet.search", "supernet.export", "supernet.retrain",
                            "supernet.report", "supernet.demo", "supernet.cli", "supernet.runs",
                            "supernet.evaluation"),
+    # a study drives the CLI in subprocesses and reads what they wrote; nothing imports it but the CLI
+    "supernet.study": ("supernet.training", "supernet.search", "supernet.export", "supernet.retrain",
+                       "supernet.demo", "supernet.cli", "supernet.model", "supernet.runs"),
 }
 ENTRY_POINTS = {"supernet.cli"}  # may import lazily, to keep `--help` fast
 

@@ -357,6 +357,29 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from supernet.study import UnitFailed, run_study
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    try:
+        outcome = run_study(args.study, args.out, parallel=args.parallel, gpus=args.gpus, report=say)
+    except UnitFailed as err:
+        print(f"supernet study: error: {err}; run the same command again to continue", file=sys.stderr)
+        return 1
+    finished = len(outcome.results)
+    print(f"{finished} of {outcome.units} units finished; wrote {outcome.out / 'study.json'} and "
+          f"{outcome.out / 'study.md'}")
+    for failure in outcome.failures:
+        print(f"failed: {failure}", file=sys.stderr)
+    if outcome.failures:
+        print("supernet study: fix the failures above and run the same command again; finished units are kept",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_import(args: argparse.Namespace) -> int:
     from supernet.published import import_checkpoint
 
@@ -697,6 +720,22 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_argument("--seed", type=int, default=0, help="seed of the held-out sub-networks")
     latency.set_defaults(handler=_cmd_latency)
 
+    study = commands.add_parser(
+        "study", help="run a comparison: trials x seeds x budgets, each trained and searched alike, aggregated",
+        description="Run every trial of a study file (a recipe plus --set overrides each) with every seed at every "
+        "budget point (equal epochs, or epochs set so that each trial's counted training MACs match a reference "
+        "trial's), search each with the study's protocol, and aggregate: study.json and study.md with mean and "
+        "standard deviation over seeds of the smallest and largest networks' and mean Pareto test accuracy, the "
+        "6-bucket table, training cost, and which differences are larger than the seed spread. A killed study "
+        "continues where it stopped; finished units are never rerun.",
+    )
+    study.add_argument("study", help="the study YAML (see studies/)")
+    study.add_argument("--out", required=True, help="the study directory")
+    study.add_argument("--parallel", type=_positive_int, default=1,
+                       help="units run at once, each on its share of the CPU cores (and one GPU when --gpus)")
+    study.add_argument("--gpus", type=_count, default=0, help="GPUs to spread parallel units over (default: none)")
+    study.set_defaults(handler=_cmd_study)
+
     imp = commands.add_parser(
         "import", help="read a published OFA or AttentiveNAS/AlphaNet supernet checkpoint into a run directory",
         description="Map every tensor of a published supernet checkpoint (OFA's ofa_mbv3_d234_e346_k357_w1.0 / "
@@ -749,8 +788,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from supernet.search.latency import LatencyError, MissingLayerError
     from supernet.search.objectives import ConstraintError
     from supernet.space import ArchError, SpaceError
+    from supernet.study import StudyError
 
-    return (SpaceError, ArchError, ConfigError, DatasetError, RunDirError, ExportError, CacheError, SearchError,
+    return (StudyError, SpaceError, ArchError, ConfigError, DatasetError, RunDirError, ExportError, CacheError, SearchError,
             ConstraintError, LatencyError, MissingLayerError, ReportError, FrontFileError, BlockwiseError,
             PublishedFormatError, FileNotFoundError)
 
@@ -794,6 +834,7 @@ _AFTER_INTERRUPT = {
     "train": "the run continues from its last checkpoint with `supernet train --resume RUN_DIR`",
     "search": "run the same command again to continue from the last finished generation",
     "demo": "run it again to continue where it stopped",
+    "study": "run the same command again to continue: finished units are kept, killed ones resume",
     "export": "the export directory was left as it was (exports are renamed into place when complete)",
 }
 _DISK_ADVICE = {
