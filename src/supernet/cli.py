@@ -729,7 +729,8 @@ def build_parser() -> argparse.ArgumentParser:
         "6-bucket table, training cost, and which differences are larger than the seed spread. A killed study "
         "continues where it stopped; finished units are never rerun.",
     )
-    study.add_argument("study", help="the study YAML (see studies/)")
+    study.add_argument("study", help="the study YAML (trials, seeds, budget, search; see the README's Studies "
+                       "section)")
     study.add_argument("--out", required=True, help="the study directory")
     study.add_argument("--parallel", type=_positive_int, default=1,
                        help="units run at once, each on its share of the CPU cores (and one GPU when --gpus)")
@@ -790,9 +791,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from supernet.space import ArchError, SpaceError
     from supernet.study import StudyError
 
-    return (StudyError, SpaceError, ArchError, ConfigError, DatasetError, RunDirError, ExportError, CacheError, SearchError,
+    return (SpaceError, ArchError, ConfigError, DatasetError, RunDirError, ExportError, CacheError, SearchError,
             ConstraintError, LatencyError, MissingLayerError, ReportError, FrontFileError, BlockwiseError,
-            PublishedFormatError, FileNotFoundError)
+            PublishedFormatError, StudyError, FileNotFoundError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

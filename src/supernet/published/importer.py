@@ -3,7 +3,6 @@ accept like one `supernet train` wrote."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from pathlib import Path
 import torch
 
 from supernet import spaces
-from supernet.checkpoint import RunDir, RunDirError, save_checkpoint
+from supernet.checkpoint import RunDir, RunDirError, checkpoint_digest, save_checkpoint
 from supernet.config import Config, apply_overrides, config_from_dict, dump_config
 from supernet.fileio import atomic_write_text
 from supernet.model import Supernet
@@ -66,7 +65,8 @@ def import_settings(config: Config | None, space: SearchSpace, kernel_transform:
         data["data"]["root"] = str(data_root)
     data = apply_overrides(data, overrides or [])
     preset = space.name
-    if (config is not None or overrides) and (data.get("space") != preset or data.get("kernel_transform") != kernel_transform):
+    replaced = data.get("space") != preset or data.get("kernel_transform") != kernel_transform
+    if (config is not None or overrides) and replaced:
         notes.append(f"the config's space {data.get('space')!r} (kernel_transform {data.get('kernel_transform')}) is "
                      f"replaced by the checkpoint's {preset!r} (kernel_transform {kernel_transform})")
     same_as_preset = space.to_dict() == spaces.get(preset).to_dict()
@@ -121,7 +121,7 @@ def import_checkpoint(
         raise RunDirError(f"{run.root} is not empty; pass --force to replace an earlier import there (searches and "
                           "exports in it are kept), or choose another --out")
     run.prepare_new(force)
-    digest = _sha256(Path(checkpoint))
+    digest = checkpoint_digest(checkpoint)
     provenance = {"checkpoint": str(Path(checkpoint).resolve()), "sha256": digest, "format": detected,
                   "variant": variant, "space": preset, "num_classes": num_classes,
                   "tensors": len(conversion.state) - len(conversion.filled), "unused": conversion.unused,
@@ -171,10 +171,3 @@ def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -23,6 +23,7 @@ from typing import Any
 from supernet.fileio import atomic_write_text
 from supernet.study.plan import Unit, recipe_path, trial_overrides
 from supernet.study.spec import StudyError, StudySpec
+from supernet.training.metrics import read_metrics
 
 RESULT_FILE = "result.json"
 UNIT_FILE = "unit.json"
@@ -114,14 +115,7 @@ def _run(argv: list[str], env: dict[str, str], cores: tuple[int, ...], log: Path
 
 def last_train_record(run: Path) -> dict[str, Any]:
     """The last `train` record of a run's metrics.jsonl (cumulative cost counters)."""
-    records = []
-    for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and record.get("kind") == "train":
-            records.append(record)
+    records = [r for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "train"]
     if not records:
         raise StudyError(f"{run} logged no training record; its metrics.jsonl is empty or damaged")
     return records[-1]
@@ -177,10 +171,10 @@ def run_units(units: Sequence[Unit], out: Path, spec: StudySpec, parallel: int =
     todo = [u for u in units if not (u.folder(out) / RESULT_FILE).is_file()]
     if len(todo) < len(units):
         report(f"{len(units) - len(todo)} of {len(units)} units already finished; running {len(todo)}")
+    width = min(parallel, max(1, len(todo)))  # no more slots than units to run
     slots: queue.Queue[Slot] = queue.Queue()
-    for slot in make_slots(min(parallel, max(1, len(todo))), cores, gpus):
+    for slot in make_slots(width, cores, gpus):
         slots.put(slot)
-    width = min(parallel, max(1, len(todo)))
     failures: list[str] = []
 
     def work(unit: Unit) -> None:
