@@ -41,6 +41,8 @@ FORBIDDEN = {
     "supernet.published": ("supernet.training", "supernet.search", "supernet.export", "supernet.retrain",
                            "supernet.report", "supernet.demo", "supernet.cli", "supernet.runs",
                            "supernet.evaluation"),
+    # the run-and-search report is below the study, whose page draws with its helpers
+    "supernet.report": ("supernet.study", "supernet.demo", "supernet.cli"),
     # a study drives the CLI in subprocesses and reads what they wrote (metrics through training's reader);
     # nothing imports it but the CLI
     "supernet.study": ("supernet.search", "supernet.export", "supernet.retrain", "supernet.demo", "supernet.cli",

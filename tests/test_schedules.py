@@ -119,3 +119,15 @@ def test_step_decay_multiplies_the_lr_once_per_decay_period() -> None:
     dna = load_config(CONFIGS / "imagenet" / "dna.yaml")
     assert (dna.optim.name, dna.optim.lr, dna.optim.lr_schedule, dna.optim.step_decay_rate, dna.train.epochs,
             dna.optim.weight_decay, dna.optim.grad_clip.kind) == ("adam", 0.002, "step", 0.9, 20, 1e-4, "none")
+
+
+def test_progressive_total_epochs_stretches_every_phase_and_its_warmup() -> None:
+    config = load_config(CONFIGS / "ofa.yaml", ["schedule.total_epochs=6"])
+    written = load_config(CONFIGS / "ofa.yaml")
+    assert sum(p.epochs for p in written.schedule.phases) == pytest.approx(2.0) and config.schedule.stretch == pytest.approx(3.0)
+    sched = Schedule(config, spaces.get("fmnist"), steps_per_epoch=20, global_batch=128)
+    assert [p.steps for p in sched.phases] == [round(p.epochs * 3 * 20) for p in written.schedule.phases]
+    assert sched.total_steps == 120
+    kernel = next(p for p in sched.phases if p.config.name == "kernel")
+    warmup = round(kernel.config.warmup_epochs * 3 * 20)  # 0.0125 epochs -> 0.75 -> 1 step
+    assert warmup == 1 and sched.plan(kernel.start).lr < sched.plan(kernel.start + warmup).lr

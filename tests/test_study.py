@@ -4,23 +4,32 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from supernet.cli import main
 from supernet.study import (
+    RayResources,
     StudyError,
+    accuracy_under,
+    aggregate_study,
+    at_targets,
     compare,
+    cost_to_equal_front,
     equal_cost_epochs,
     load_study,
     make_slots,
     mean_std,
     plan_units,
+    run_study,
     slot_env,
     summarise,
 )
-from supernet.study.runner import RESULT_FILE, calibrate, train_command
+from supernet.study.page import mean_front
+from supernet.study.runner import RESULT_FILE, calibrate, check_unit_records, train_command
+from supernet.study.tables import equal_front_table
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = ["data.limit=256", "data.val_size=128", "train.recal_images=64", "train.eval_images=128",
@@ -75,6 +84,9 @@ def test_plan_units_applies_the_rule_per_budget_point(tmp_path: Path) -> None:
     units = plan_units(spec, base, {"ref": 4.0, "cheap": 2.0})
     by = {(u.trial, u.budget, u.seed): u for u in units}
     assert len(units) == 8
+    # seed by seed, so a study stopped part-way has compared every trial on its first seeds
+    assert [(u.budget, u.seed, u.trial) for u in units[:4]] == [(2, 0, "ref"), (2, 0, "cheap"), (2, 5, "ref"),
+                                                                (2, 5, "cheap")]
     assert by[("ref", 2, 0)].epochs == 2 and by[("cheap", 2, 0)].epochs == 4
     assert by[("ref", 6, 5)].epochs == 6 and by[("cheap", 6, 5)].epochs == 12
     cheap = by[("cheap", 6, 5)].overrides
@@ -132,7 +144,7 @@ def test_parallel_slots_split_the_cores_and_stop_openmp_spinning() -> None:
 
 
 def test_study_runs_in_parallel_aggregates_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    study = write_study(tmp_path / "tiny.yaml")
+    study = write_study(tmp_path / "tiny.yaml", set=[*TINY, "train.diagnostic_draws=1"])
     out = tmp_path / "out"
     spec, base = load_study(study)
     first, second = plan_units(spec, base)
@@ -157,6 +169,12 @@ def test_study_runs_in_parallel_aggregates_and_resumes(tmp_path: Path, capsys: p
     assert row["mean_pareto_test"]["mean"] == pytest.approx(sum(tests) / 2)
     assert row["seeds"] == [0, 1] and results[0]["steps"] == results[1]["steps"]
     assert "| nokd | 1 | 2 |" in (out / "study.md").read_text()
+    # the per-epoch diagnostics reach the result, and the page and its plots are written
+    assert [d["epoch"] for d in results[0]["diagnostics"]] == [1] and results[0]["diagnostics"][0]["logit_distance"] > 0
+    assert row["logit_distance"]["n"] == 2
+    page = (out / "study.html").read_text()
+    for plot in ("study_fronts.png", "study_budget.png", "study_diagnostics.png"):
+        assert f'src="{plot}"' in page and (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # rerun: finished units are never rerun
     stamps = {u: (u.folder(out) / RESULT_FILE).stat().st_mtime_ns for u in (first, second)}
@@ -198,3 +216,188 @@ def test_a_failing_unit_is_named_and_the_others_still_run(tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert "failed: broken budget 1 seed 0: `supernet train` exited with 2" in err and "optim.lr" in err
     assert "run the same command again" in err and "Traceback" not in err
+
+
+def front_point(macs: float, val: float, test: float) -> dict:
+    return {"macs": macs, "params": 1, "val_top1": val, "test_top1": test, "arch": {}}
+
+
+def test_accuracy_at_a_size_is_chosen_on_val_and_reported_on_test() -> None:
+    front = [front_point(1e6, 0.50, 0.52), front_point(2e6, 0.60, 0.58), front_point(3e6, 0.70, 0.71)]
+    assert accuracy_under(front, 2.5e6)["test_top1"] == 0.58
+    assert accuracy_under(front, 3e6)["macs"] == 3e6 and accuracy_under(front, 0.5e6) is None
+    # a member better on test but worse on val is not the one chosen
+    assert accuracy_under([front_point(1e6, 0.6, 0.9), front_point(2e6, 0.7, 0.1)], 2e6)["test_top1"] == 0.1
+    results = [{**unit_result("a", seed, 0, 0, 0, []), "front": front} for seed in (0, 1)]
+    results[1]["front"] = [front_point(1e6, 0.50, 0.56), front_point(2e6, 0.60, 0.62)]
+    (row,) = at_targets(results, ["a"], [1.5e6, 2.5e6, 3.5e6])
+    low, mid, high = row["cells"]
+    assert low["test_top1"]["mean"] == pytest.approx(0.54) and low["test_top1"]["n"] == 2
+    assert mid["test_top1"]["mean"] == pytest.approx(0.60)
+    assert high["test_top1"]["mean"] == pytest.approx((0.71 + 0.62) / 2) and high["macs"]["mean"] == 2.5e6
+    # the mean front is drawn where every seed has a member: from 1 M, at each seed's MACs values
+    xs, means, stds = mean_front([r["front"] for r in results])
+    assert xs == [1e6, 2e6, 3e6] and means == pytest.approx([0.54, 0.60, 0.665])
+    assert stds[0] == pytest.approx(0.0282842712)
+
+
+def test_cost_to_equal_front_against_hand_computed_ratios() -> None:
+    def unit(trial: str, budget: int, macs: float, acc: float) -> dict:
+        return {**unit_result(trial, 0, 0, 0, acc, []), "budget": budget, "train_macs": macs, "wall_time": macs / 1e11}
+
+    results = [unit("a", 2, 1e12, 0.70), unit("a", 6, 3e12, 0.80), unit("b", 2, 2e12, 0.60), unit("b", 6, 4e12, 0.76)]
+    equal = cost_to_equal_front(summarise(results, ["a", "b"]), ["a", "b"])
+    assert equal["level"] == pytest.approx(0.76)  # the best b reaches, below a's best
+    a, b = equal["trials"]
+    # a crosses 0.76 between 1e12 (0.70) and 3e12 (0.80): 1e12 + 2e12 * 0.06 / 0.10
+    assert a["train_macs"] == pytest.approx(2.2e12) and not a["upper_bound"] and a["ratio"] == pytest.approx(1.0)
+    assert b["train_macs"] == pytest.approx(4e12) and b["ratio"] == pytest.approx(4 / 2.2)
+    assert a["wall_time"] == pytest.approx(22.0)
+    # at a level a trial reaches at its cheapest point the cost is only an upper bound; one never reached has none
+    low = cost_to_equal_front(summarise(results, ["a", "b"]), ["a", "b"], level=0.65)
+    assert low["trials"][0]["upper_bound"] and low["trials"][0]["train_macs"] == 1e12
+    high = cost_to_equal_front(summarise(results, ["a", "b"]), ["a", "b"], level=0.79)
+    assert high["trials"][1]["train_macs"] is None and high["trials"][1]["ratio"] is None
+    table = equal_front_table(high)
+    assert ("b", "not reached", "-", "-") in table.rows and table.rows[0][2] == "1.00x"
+
+
+def test_aggregated_files_hold_the_paper_style_tables(tmp_path: Path) -> None:
+    front = [front_point(1e6, 0.50, 0.52), front_point(3e6, 0.70, 0.71)]
+
+    def unit(trial: str, seed: int, budget: int, acc: float) -> dict:
+        diagnostics = [{"epoch": e, "teacher_top1": acc + 0.05, "student_top1": acc, "teacher_gap": 0.05,
+                        "logit_distance": 1.0 + seed} for e in (1, 2)]
+        return {**unit_result(trial, seed, acc, acc, acc, [acc]), "budget": budget, "train_macs": budget * 1e12,
+                "front": front, "diagnostics": diagnostics}
+
+    results = [unit(t, s, b, acc + 0.01 * s) for t, acc in (("a", 0.7), ("b", 0.6)) for b in (2, 6) for s in (0, 1)]
+    spec, _ = load_study(write_study(tmp_path / "s.yaml", trials=[{"name": "a", "recipe": str(CONFIGS / "nokd.yaml")},
+                                                                 {"name": "b", "recipe": str(CONFIGS / "nokd.yaml")}],
+                                     tables={"macs_targets": [2e6, 4e6]}))
+    aggregate_study(spec, tmp_path, results)
+    md = (tmp_path / "study.md").read_text()
+    assert "| trial | <= 2 M | <= 4 M |" in md and "| a | 52.00 ± 0.00 | 71.00 ± 0.00 |" in md
+    assert "| a | 75.50 ± 0.71 | 70.50 ± 0.71 | 5.00 ± 0.00 | 1.500 ± 0.707 |" in md  # teacher, student, gap, distance
+    assert "## Cost to an equal front" in md and "| b | not reached | - | - |" not in md
+    doc = json.loads((tmp_path / "study.json").read_text())
+    assert doc["equal_front"]["level"] == pytest.approx(0.605) and doc["at_targets"][0]["cells"][0]["target"] == 2e6
+    page = (tmp_path / "study.html").read_text()
+    assert "<h2>Cost to an equal front</h2>" in page and "<td>52.00 ± 0.00</td>" in page
+    assert page.count("<img ") == 3
+
+
+def test_a_study_on_local_ray_equals_the_local_runner(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("ray", reason="the dev extra installs Ray: pip install -e '.[dev]'")
+    study = write_study(tmp_path / "tiny.yaml", set=[*TINY, "train.diagnostic_draws=1"])
+    # one thread per unit both ways, so the two runs compute the same numbers
+    local = run_study(study, tmp_path / "local", parallel=1, cores=[min(os.sched_getaffinity(0))],
+                      report=lambda line: None)
+    on_ray = run_study(study, tmp_path / "ray", engine="ray", ray=RayResources(processes=1, cpus=1), ray_cpus=2,
+                       report=lambda line: None)
+    assert not local.failures and not on_ray.failures and len(on_ray.results) == 2
+    figures = ("smallest_test", "largest_test", "mean_pareto_test", "mean_pareto_val", "train_macs", "teacher_top1",
+               "logit_distance")
+    assert [{k: r[k] for k in figures} for r in on_ray.rows] == [{k: r[k] for k in figures} for r in local.rows]
+    assert [r["front"] for r in on_ray.results] == [r["front"] for r in local.results]
+    assert (tmp_path / "ray" / "study.html").is_file() and (tmp_path / "ray" / "ray").is_dir()
+    # a second run finds every unit finished and starts no Ray trial
+    again = run_study(study, tmp_path / "ray", engine="ray", ray_cpus=2, report=print)
+    assert "2 of 2 units already finished; running 0" in capsys.readouterr().out and again.rows == on_ray.rows
+
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+
+
+def test_shipped_studies_load_and_plan() -> None:
+    files = sorted(STUDIES.glob("*.yaml")) + sorted(STUDIES.glob("imagenet/*.yaml"))
+    assert {f.stem for f in files} >= {"alphanet_table3", "deps_table2", "ennas_table1", "fmnist_budget"}
+    planned = {}
+    for path in files:
+        spec, base = load_study(path)
+        planned[f"{path.parent.name}/{path.stem}"] = {(u.trial, u.epochs) for u in plan_units(spec, base)}
+        assert len(spec.seeds) >= 2
+    # OFA's phases are stretched to the budget; rule recipe keeps the papers' own epochs
+    deps = load_study(STUDIES / "deps_table2.yaml")
+    ofa = next(u for u in plan_units(*deps) if u.trial == "ofa" and u.budget == 6)
+    assert ofa.overrides[-2:] == ("train.epochs=6", "schedule.total_epochs=6")
+    assert {("ofa", 590.0), ("bignas", 400.0), ("deps", 270.0)} <= planned["imagenet/deps_table2"]
+    assert ("adaptive_alpha", 360.0) in planned["imagenet/alphanet_table3"]
+
+
+def test_budget_rule_and_prepare_errors_are_one_line(tmp_path: Path) -> None:
+    trial = {"name": "a", "recipe": str(CONFIGS / "nokd.yaml"), "set": ["teacher.checkpoint={prepare:t}"]}
+    cases = [
+        ({"budget": {"rule": "recipe", "epochs": [2]}}, "give no budget.epochs"),
+        ({"budget": {"rule": "epochs"}}, "needs budget.epochs"),
+        ({"trials": [trial]}, r"names \{prepare:t\}, but prepare has \[\]"),
+        ({"prepare": [{"name": "t", "recipe": "gone.yaml"}]}, "prepare 't': recipe .*gone.yaml not found"),
+    ]
+    for change, needle in cases:
+        with pytest.raises(StudyError, match=needle):
+            load_study(write_study(tmp_path / "s.yaml", **change))
+
+
+def test_unit_records_survive_a_moved_checkout_but_not_changed_settings(tmp_path: Path) -> None:
+    here, there = tmp_path / "here", tmp_path / "there"
+    for folder in (here, there):
+        folder.mkdir()
+        (folder / "r.yaml").write_text((CONFIGS / "nokd.yaml").read_text())
+    (there / "r.yaml").write_text("# a comment that changes nothing\n" + (there / "r.yaml").read_text())
+    out = tmp_path / "out"
+    for folder in (here, there):  # the same study from another checkout continues the same units
+        spec, base = load_study(write_study(folder / "s.yaml", trials=[{"name": "a", "recipe": "r.yaml"}]))
+        check_unit_records(plan_units(spec, base), out)
+    record = json.loads((out / "runs" / "a" / "budget1" / "seed0" / "unit.json").read_text())
+    assert record["recipe"] == "r.yaml" and str(tmp_path) not in json.dumps(record)
+    (there / "r.yaml").write_text((there / "r.yaml").read_text().replace("lr: 0.2", "lr: 0.3"))
+    with pytest.raises(StudyError, match="other settings in recipe r.yaml"):
+        check_unit_records(plan_units(*load_study(there / "s.yaml")), out)
+
+
+def test_a_prepared_teacher_serves_a_dna_trial(tmp_path: Path) -> None:
+    study = write_study(tmp_path / "s.yaml", seeds=[0],
+                        prepare=[{"name": "teacher", "recipe": str(CONFIGS / "dna_teacher.yaml")}],
+                        trials=[{"name": "dna", "recipe": str(CONFIGS / "dna.yaml"),
+                                 "set": ["teacher.checkpoint={prepare:teacher}"]}])
+    lines: list[str] = []
+    outcome = run_study(study, tmp_path / "out", report=lines.append)
+    assert not outcome.failures and len(outcome.results) == 1 and "preparing teacher" in lines[0]
+    config = (tmp_path / "out" / "runs" / "dna" / "budget1" / "seed0" / "config.yaml").read_text()
+    assert str((tmp_path / "out" / "prepare" / "teacher").resolve()) in config
+    assert json.loads((tmp_path / "out" / "runs" / "dna" / "budget1" / "seed0" / "unit.json").read_text())[
+        "overrides"][-3] == "teacher.checkpoint={prepare:teacher}"  # the record keeps the placeholder
+    lines.clear()
+    run_study(study, tmp_path / "out", report=lines.append)
+    assert not any("preparing" in line for line in lines)  # prepared once
+
+
+@pytest.mark.slow
+def test_a_multi_process_unit_runs_as_a_ray_train_ddp_job(tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason="the dev extra installs Ray: pip install -e '.[dev]'")
+    import torch
+
+    study = write_study(tmp_path / "tiny.yaml", seeds=[0])
+    outcome = run_study(study, tmp_path / "out", engine="ray", ray=RayResources(processes=2, cpus=1), ray_cpus=2,
+                        report=lambda line: None)
+    assert not outcome.failures and len(outcome.results) == 1
+    run = tmp_path / "out" / "runs" / "nokd" / "budget1" / "seed0"
+    state = torch.load(run / "checkpoints" / "latest.pt", map_location="cpu", weights_only=False)
+    assert state["global_batch"] == 2 * 64  # two ranks of data.batch_size 64 trained it
+    assert (tmp_path / "out" / "logs" / "nokd-budget1-seed0.rank1.log").is_file()
+
+
+def test_ray_engine_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    study = str(write_study(tmp_path / "s.yaml"))
+    assert main(["study", study, "--out", str(tmp_path / "o"), "--engine", "ray", "--ray-gpus", "2"]) == 2
+    assert "give 0 or 1 GPU per process" in capsys.readouterr().err
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+        assert main(["study", study, "--out", str(tmp_path / "o"), "--engine", "ray"]) == 2
+        assert "pip install 'supernet[ray]'" in capsys.readouterr().err
+    pytest.importorskip("ray")
+    with pytest.raises(StudyError, match="each unit asks for 4 CPUs, but the Ray cluster has 2"):
+        run_study(study, tmp_path / "o", engine="ray", ray=RayResources(processes=2, cpus=2), ray_cpus=2,
+                  report=lambda line: None)
+    assert not list((tmp_path / "o" / "runs").rglob("result.json"))

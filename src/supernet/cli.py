@@ -358,19 +358,21 @@ def _cmd_latency(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from supernet.study import UnitFailed, run_study
+    from supernet.study import RayResources, UnitFailed, run_study
 
     def say(line: str) -> None:
         print(line, file=sys.stderr)
 
+    ray = RayResources(args.ray_processes, args.ray_cpus, args.ray_gpus)
     try:
-        outcome = run_study(args.study, args.out, parallel=args.parallel, gpus=args.gpus, report=say)
+        outcome = run_study(args.study, args.out, parallel=args.parallel, gpus=args.gpus, engine=args.engine,
+                            ray=ray, ray_address=args.ray_address, report=say)
     except UnitFailed as err:
         print(f"supernet study: error: {err}; run the same command again to continue", file=sys.stderr)
         return 1
     finished = len(outcome.results)
-    print(f"{finished} of {outcome.units} units finished; wrote {outcome.out / 'study.json'} and "
-          f"{outcome.out / 'study.md'}")
+    print(f"{finished} of {outcome.units} units finished; wrote {outcome.out / 'study.json'}, "
+          f"{outcome.out / 'study.md'} and {outcome.out / 'study.html'}")
     for failure in outcome.failures:
         print(f"failed: {failure}", file=sys.stderr)
     if outcome.failures:
@@ -724,10 +726,12 @@ def build_parser() -> argparse.ArgumentParser:
         "study", help="run a comparison: trials x seeds x budgets, each trained and searched alike, aggregated",
         description="Run every trial of a study file (a recipe plus --set overrides each) with every seed at every "
         "budget point (equal epochs, or epochs set so that each trial's counted training MACs match a reference "
-        "trial's), search each with the study's protocol, and aggregate: study.json and study.md with mean and "
-        "standard deviation over seeds of the smallest and largest networks' and mean Pareto test accuracy, the "
-        "6-bucket table, training cost, and which differences are larger than the seed spread. A killed study "
-        "continues where it stopped; finished units are never rerun.",
+        "trial's), search each with the study's protocol, and aggregate: study.json, study.md and study.html "
+        "with mean and standard deviation over seeds of the smallest and largest networks' and mean Pareto test "
+        "accuracy, the 6-bucket table, accuracy at MACs targets, training cost, the cost to an equal front, "
+        "EnNAS's diagnostics, which differences are larger than the seed spread, and plots of the fronts and "
+        "budget curves. A killed study continues where it stopped; finished units are never rerun. Units run on "
+        "this machine (--parallel) or as Ray Tune trials (--engine ray).",
     )
     study.add_argument("study", help="the study YAML (trials, seeds, budget, search; see the README's Studies "
                        "section)")
@@ -735,6 +739,16 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--parallel", type=_positive_int, default=1,
                        help="units run at once, each on its share of the CPU cores (and one GPU when --gpus)")
     study.add_argument("--gpus", type=_count, default=0, help="GPUs to spread parallel units over (default: none)")
+    study.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: this machine's runner; ray: Ray Tune trials (pip install 'supernet[ray]')")
+    study.add_argument("--ray-address", default=None,
+                       help="engine ray: a running cluster ('auto', 'ray://HOST:10001'); default: start a local one")
+    study.add_argument("--ray-processes", type=_positive_int, default=1,
+                       help="engine ray: processes per unit; more than one runs the unit as a Ray Train "
+                       "TorchTrainer DDP job (default: 1)")
+    study.add_argument("--ray-cpus", type=_positive_int, default=1,
+                       help="engine ray: CPUs (and torch threads) per process (default: 1)")
+    study.add_argument("--ray-gpus", type=_count, default=0, help="engine ray: GPUs per process, 0 or 1 (default: 0)")
     study.set_defaults(handler=_cmd_study)
 
     imp = commands.add_parser(

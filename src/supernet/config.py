@@ -241,6 +241,13 @@ class DelayedEpsConfig(_Section):
 class ProgressiveConfig(_Section):
     name: Literal["progressive"]
     phases: list[PhaseConfig] = Field(min_length=1)
+    total_epochs: float | None = Field(None, gt=0, description="stretch every phase (and its warm-up) in "
+                                       "proportion so the phases last this many epochs (default: as written)")
+
+    @property
+    def stretch(self) -> float:
+        """The factor on every phase's epochs and warm-up epochs."""
+        return 1.0 if self.total_epochs is None else self.total_epochs / sum(p.epochs for p in self.phases)
 
 
 ScheduleConfig = Annotated[

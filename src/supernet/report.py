@@ -296,7 +296,7 @@ def _macs_unit(largest: float) -> tuple[float, str]:
     return (1e9, "G") if largest >= 1e9 else (1e6, "M") if largest >= 1e6 else (1e3, "K")
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)  # explicit Agg canvas: no pyplot, no global backend state
     return fig
@@ -312,7 +312,7 @@ def accuracy_figure(searches: Sequence[tuple[SearchInfo, Style]], notes: list[st
     )
     if not items:
         return None
-    fig = _new_figure(8.5, 5.5)
+    fig = new_figure(8.5, 5.5)
     ax = fig.add_subplot()
     any_test = False
     all_macs = [c["macs"] for s, _ in items for c in s.data["front"] + s.data["evaluated"]]
@@ -384,7 +384,7 @@ def curves_figure(runs: Sequence[tuple[RunInfo, Style]], notes: list[str]) -> Fi
     if not any(r.train or r.evals for r, _ in runs):
         notes.extend(r.untrained_note("curves") for r, _ in runs)
         return None
-    fig = _new_figure(12, 4.8)
+    fig = new_figure(12, 4.8)
     acc, loss = fig.subplots(1, 2)
     for r, st in runs:
         if not r.evals:
@@ -440,7 +440,7 @@ def diagnostics_figure(runs: Sequence[tuple[RunInfo, Style]]) -> Figure | None:
     measured = [(r, st) for r, st in runs if any("diag_student_top1" in e for e in r.evals)]
     if not measured:
         return None
-    fig = _new_figure(12, 4.8)
+    fig = new_figure(12, 4.8)
     acc, div = fig.subplots(1, 2)
     for r, st in measured:
         epochs, teacher = _series(r.evals, "epoch", "diag_teacher_top1")
@@ -495,7 +495,7 @@ def cost_figure(runs: Sequence[tuple[RunInfo, Style]], notes: list[str]) -> Figu
             costed.append((r, st))
     if not costed:
         return None
-    fig = _new_figure(max(9.0, 1.8 * len(costed) + 4), 4.2)
+    fig = new_figure(max(9.0, 1.8 * len(costed) + 4), 4.2)
     wall, macs = fig.subplots(1, 2)
     names = [r.name for r, _ in costed]
     colours = [st.colour for _, st in costed]
@@ -523,7 +523,7 @@ def cost_figure(runs: Sequence[tuple[RunInfo, Style]], notes: list[str]) -> Figu
     return fig
 
 
-def _save_png(fig: Figure, path: Path) -> None:
+def save_png(fig: Figure, path: Path) -> None:
     atomic_write_bytes(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
 
 
@@ -554,7 +554,7 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.1f} s"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """An HTML table; cells must already be escaped."""
     head = "".join(f"<th>{h}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
@@ -646,7 +646,7 @@ def _runs_html(runs: list[RunInfo]) -> str:
         "smallest: last per-epoch val top-1",
         "largest: last per-epoch val top-1",
     ]
-    return _table(header, rows)
+    return html_table(header, rows)
 
 
 def _searches_html(searches: list[SearchInfo], styles: list[Style], reading: str) -> str:
@@ -667,7 +667,7 @@ def _searches_html(searches: list[SearchInfo], styles: list[Style], reading: str
                 _pct_on(largest.get("val_top1"), n_val, "val") + "<br>" + _pct_on(largest.get("test_top1"), n_test, "test"),
             ]
         )
-    return _table(
+    return html_table(
         [
             "search",
             "run: recipe",
@@ -762,7 +762,7 @@ def _search_html(s: SearchInfo, style: Style, reading: str) -> str:
         buckets.append([_e(i + 1), _e(f"{_macs(b.get('low'))} – {_macs(b.get('high'))}"), *cells])
     parts += [
         "<h4>Best sub-network per MACs bucket</h4>",
-        _table(["#", "MACs range", *cand_header], buckets) if buckets else '<p class="note">No buckets.</p>',
+        html_table(["#", "MACs range", *cand_header], buckets) if buckets else '<p class="note">No buckets.</p>',
     ]
     budgets = [
         [
@@ -776,10 +776,10 @@ def _search_html(s: SearchInfo, style: Style, reading: str) -> str:
         for b in d.get("budgets") or []
     ]
     if budgets:
-        parts += ["<h4>Budgets</h4>", _table(["budget", *cand_header], budgets)]
+        parts += ["<h4>Budgets</h4>", html_table(["budget", *cand_header], budgets)]
     ends = [[_e(k), *_candidate_cells(d.get(k), latency)] for k in ("smallest", "largest") if d.get(k)]
     if ends:
-        parts += ["<h4>Smallest and largest sub-networks</h4>", _table(["", *cand_header], ends)]
+        parts += ["<h4>Smallest and largest sub-networks</h4>", html_table(["", *cand_header], ends)]
     return "\n".join(parts)
 
 
@@ -800,10 +800,10 @@ def _exports_html(exports: list[ExportInfo]) -> str:
             _arch({"arch": x.doc["arch"]}),
         ])
     header = ["export", "budget", "MACs", "params", "val top-1", "test top-1", "ONNX", "from run", "architecture"]
-    return _table(header, rows)
+    return html_table(header, rows)
 
 
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:75em;padding:0 1em;color:#222}
+PAGE_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:75em;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
 th{background:#f3f3f3}code{font-size:.8em;word-break:break-all}img{max-width:100%}
@@ -841,7 +841,7 @@ def render_html(
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{_e(title)}</title>",
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{PAGE_CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
     ]
     parts.append("<h2>Training runs</h2>")
@@ -930,7 +930,7 @@ def write_report(
         if fig is None:
             (out / name).unlink(missing_ok=True)  # a plot from an earlier report would contradict this page
         else:
-            _save_png(fig, out / name)
+            save_png(fig, out / name)
             written.append(name)
     if title is None:
         title = "Supernet report: " + ", ".join(

@@ -4,7 +4,7 @@ differences are larger than the seed spread."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 # figures of a unit result summarised per trial: name -> how to read it (fractions stay fractions)
@@ -16,7 +16,25 @@ _FIGURES = {
     "train_macs": lambda r: r.get("train_macs"),
     "wall_time": lambda r: r.get("wall_time"),
     "gpu_hours": lambda r: r.get("gpu_hours"),
+    # EnNAS's diagnostics at the last per-epoch evaluation (section 4.2-4.3): teacher and mean student val
+    # top-1 of the groups the recipe's sampler draws, and the mean pairwise logit distance of the students
+    "teacher_top1": lambda r: _last_diagnostic(r, "teacher_top1"),
+    "student_top1": lambda r: _last_diagnostic(r, "student_top1"),
+    "teacher_gap": lambda r: _last_diagnostic(r, "teacher_gap"),
+    "logit_distance": lambda r: _last_diagnostic(r, "logit_distance"),
 }
+
+
+def _last_diagnostic(result: dict[str, Any], key: str) -> float | None:
+    epochs = result.get("diagnostics") or []
+    return epochs[-1].get(key) if epochs else None
+
+
+def accuracy_under(front: Sequence[dict[str, Any]], macs: float) -> dict[str, Any] | None:
+    """The front member a user would deploy under `macs`: the best on val among those that fit (test accuracy
+    is reported, never used to choose); None when none fits."""
+    fits = [c for c in front if c["macs"] <= macs and c.get("val_top1") is not None]
+    return max(fits, key=lambda c: (c["val_top1"], -c["macs"])) if fits else None
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float | int | None]:
@@ -29,26 +47,96 @@ def mean_std(values: Sequence[float]) -> dict[str, float | int | None]:
     return {"mean": mean, "std": std, "n": len(xs)}
 
 
-def summarise(results: Sequence[dict[str, Any]], trial_order: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per (budget point, trial), in budget then `trial_order` order."""
-    rows = []
+def groups(results: Sequence[dict[str, Any]],
+           trial_order: Sequence[str]) -> Iterator[tuple[int, str, list[dict[str, Any]]]]:
+    """(budget point, trial, its results over seeds) in budget then `trial_order` order, empty groups left out."""
     for budget in sorted({r["budget"] for r in results}):
         for trial in trial_order:
             group = [r for r in results if r["budget"] == budget and r["trial"] == trial]
-            if not group:
-                continue
-            row: dict[str, Any] = {"budget": budget, "trial": trial, "epochs": group[0]["epochs"],
-                                   "seeds": sorted(r["seed"] for r in group)}
-            for name, read in _FIGURES.items():
-                row[name] = mean_std([read(r) for r in group])
-            n_buckets = max(len(r["buckets"]) for r in group)
-            row["buckets"] = []
-            for i in range(n_buckets):
-                cells = [r["buckets"][i] for r in group if i < len(r["buckets"])]
-                row["buckets"].append({"low": cells[0]["low"], "high": cells[0]["high"],
-                                       "test_top1": mean_std([(c["best"] or {}).get("test_top1") for c in cells])})
-            rows.append(row)
+            if group:
+                yield budget, trial, group
+
+
+def summarise(results: Sequence[dict[str, Any]], trial_order: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per (budget point, trial), in budget then `trial_order` order."""
+    rows = []
+    for budget, trial, group in groups(results, trial_order):
+        row: dict[str, Any] = {"budget": budget, "trial": trial, "epochs": group[0]["epochs"],
+                               "seeds": sorted(r["seed"] for r in group)}
+        for name, read in _FIGURES.items():
+            row[name] = mean_std([read(r) for r in group])
+        n_buckets = max(len(r["buckets"]) for r in group)
+        row["buckets"] = []
+        for i in range(n_buckets):
+            cells = [r["buckets"][i] for r in group if i < len(r["buckets"])]
+            row["buckets"].append({"low": cells[0]["low"], "high": cells[0]["high"],
+                                   "test_top1": mean_std([(c["best"] or {}).get("test_top1") for c in cells])})
+        rows.append(row)
     return rows
+
+
+def default_targets(results: Sequence[dict[str, Any]]) -> list[float]:
+    """MACs targets when the study names none: the upper edges of the 6-bucket table of the first result."""
+    return [b["high"] for b in results[0]["buckets"]] if results else []
+
+
+def at_targets(results: Sequence[dict[str, Any]], trial_order: Sequence[str],
+               targets: Sequence[float]) -> list[dict[str, Any]]:
+    """AlphaNet's A0-A6 style: per (budget point, trial), the test top-1 of the best front member (on val)
+    under each MACs target, and its MACs, mean and spread over seeds."""
+    rows = []
+    for budget, trial, group in groups(results, trial_order):
+        cells = []
+        for target in targets:
+            picks = [accuracy_under(r["front"], target) for r in group]
+            cells.append({"target": target,
+                          "test_top1": mean_std([p["test_top1"] if p else None for p in picks]),
+                          "macs": mean_std([p["macs"] if p else None for p in picks])})
+        rows.append({"budget": budget, "trial": trial, "cells": cells})
+    return rows
+
+
+def _interpolated_cost(points: Sequence[tuple[float, float]], level: float) -> tuple[float, bool] | None:
+    """The cost at which a budget curve [(cost, accuracy)] first reaches `level`, linear between points;
+    (cost, whether it is only an upper bound: reached at the cheapest point already); None if never."""
+    previous = None
+    for cost, acc in sorted(points):
+        if acc >= level:
+            if previous is None:
+                return cost, True
+            (c0, a0) = previous
+            return c0 + (cost - c0) * (level - a0) / (acc - a0), False
+        previous = (cost, acc)
+    return None
+
+
+def cost_to_equal_front(rows: Sequence[dict[str, Any]], trial_order: Sequence[str],
+                        level: float | None = None) -> dict[str, Any]:
+    """DepS style: each trial's training cost (counted MACs, and wall time) to reach one mean Pareto test accuracy,
+    relative to the cheapest trial that reaches it. The level defaults to the highest every trial reaches (the
+    lowest of the trials' best means), read off each trial's budget curve of mean figures over seeds."""
+    curves = {}
+    for trial in trial_order:
+        at = [r for r in rows if r["trial"] == trial and r["mean_pareto_test"]["mean"] is not None
+              and r["train_macs"]["mean"] is not None]
+        if at:
+            curves[trial] = at
+    if not curves:
+        return {"level": level, "trials": []}
+    if level is None:
+        level = min(max(r["mean_pareto_test"]["mean"] for r in at) for at in curves.values())
+    out = []
+    for trial, at in curves.items():
+        macs = _interpolated_cost([(r["train_macs"]["mean"], r["mean_pareto_test"]["mean"]) for r in at], level)
+        wall = _interpolated_cost([(r["wall_time"]["mean"], r["mean_pareto_test"]["mean"]) for r in at
+                                   if r["wall_time"]["mean"] is not None], level)
+        out.append({"trial": trial, "train_macs": None if macs is None else macs[0],
+                    "upper_bound": None if macs is None else macs[1], "wall_time": None if wall is None else wall[0]})
+    reached = [t["train_macs"] for t in out if t["train_macs"] is not None]
+    cheapest = min(reached) if reached else None
+    for t in out:
+        t["ratio"] = None if t["train_macs"] is None or not cheapest else t["train_macs"] / cheapest
+    return {"level": level, "trials": out}
 
 
 def compare(rows: Sequence[dict[str, Any]], figure: str = "mean_pareto_test") -> list[dict[str, Any]]:
@@ -66,44 +154,3 @@ def compare(rows: Sequence[dict[str, Any]], figure: str = "mean_pareto_test") ->
                             "difference": diff, "spread": spread, "clear": diff > spread,
                             "seeds": min(a[figure]["n"], b[figure]["n"])})
     return out
-
-
-def _pct(stat: dict[str, Any]) -> str:
-    if stat["mean"] is None:
-        return "-"
-    return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
-
-
-def markdown(rows: Sequence[dict[str, Any]], comparisons: Sequence[dict[str, Any]]) -> str:
-    """The study's tables and its comparisons in words."""
-    lines = []
-    for budget in sorted({r["budget"] for r in rows}):
-        at = [r for r in rows if r["budget"] == budget]
-        lines += [f"### Budget {budget}", "",
-                  ("| trial | epochs | seeds | smallest (test) | largest (test) | mean Pareto (test) | "
-                  "mean Pareto (val) | training TMACs | wall time (s) |"),
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in at:
-            tmacs = r["train_macs"]["mean"]
-            wall = r["wall_time"]["mean"]
-            lines.append(f"| {r['trial']} | {r['epochs']} | {len(r['seeds'])} | {_pct(r['smallest_test'])} | "
-                         f"{_pct(r['largest_test'])} | {_pct(r['mean_pareto_test'])} | {_pct(r['mean_pareto_val'])} | "
-                         f"{'-' if tmacs is None else f'{tmacs / 1e12:.3g}'} | "
-                         f"{'-' if wall is None else f'{wall:.0f}'} |")
-        buckets = at[0]["buckets"]
-        if buckets:
-            lines += ["", "Best sub-network per MACs bucket (test top-1, mean ± std over seeds):", "",
-                      "| trial | " + " | ".join(f"{b['low'] / 1e6:.3g}-{b['high'] / 1e6:.3g} M" for b in buckets) + " |",
-                      "|---|" + "---:|" * len(buckets)]
-            for r in at:
-                lines.append(f"| {r['trial']} | " + " | ".join(_pct(b["test_top1"]) for b in r["buckets"]) + " |")
-        words = [c for c in comparisons if c["budget"] == budget]
-        if words:
-            lines += ["", ("Mean Pareto test accuracy, pair by pair (spread: the sum of the two standard "
-                      "deviations over seeds):"), ""]
-            for c in words:
-                verdict = "larger than the seed spread" if c["clear"] else "within the seed spread"
-                lines.append(f"- {c['higher']} above {c['lower']} by {100 * c['difference']:.2f} points, "
-                             f"{verdict} ({100 * c['spread']:.2f}, {c['seeds']} seeds)")
-        lines.append("")
-    return "\n".join(lines)

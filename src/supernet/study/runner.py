@@ -9,9 +9,11 @@ slow each other down 10-40x on a small machine.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -20,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from supernet.fileio import atomic_write_text
-from supernet.study.plan import Unit, recipe_path, trial_overrides
+from supernet.study.plan import Unit, epoch_overrides, recipe_path, trial_overrides
 from supernet.study.spec import StudyError, StudySpec
 from supernet.training.metrics import read_metrics
 
@@ -50,27 +54,48 @@ def make_slots(parallel: int, cores: Sequence[int] | None = None, gpus: int = 0)
     return [Slot(i, tuple(available[i * share:(i + 1) * share]), i % gpus if gpus else None) for i in range(parallel)]
 
 
+def thread_env(threads: int, concurrent: bool, base: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment running torch with `threads` threads; with other units `concurrent`ly on the same
+    cores' machine, OpenMP's passive wait policy (an idle thread sleeps instead of spinning on a core
+    another unit needs)."""
+    env = dict(os.environ if base is None else base)
+    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+    if concurrent:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return env
+
+
 def slot_env(slot: Slot, parallel: int, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a unit's processes in `slot`: thread counts, wait policy, visible GPU."""
-    env = dict(os.environ if base is None else base)
-    threads = str(len(slot.cores))
-    env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
-    if parallel > 1:
-        env["OMP_WAIT_POLICY"] = "PASSIVE"  # an idle thread sleeps instead of spinning on a core another unit needs
+    env = thread_env(len(slot.cores), parallel > 1, base)
     if slot.gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(slot.gpu)
     return env
 
 
-def train_command(unit: Unit, run: Path, threads: int) -> list[str]:
-    """`supernet train` of a unit into `run`, or `--resume` once it has a checkpoint."""
+PREPARE_DIR = "prepare"
+
+
+def prepared_folder(out: Path, name: str) -> Path:
+    """Where the study's prepared run NAME lives."""
+    return out / PREPARE_DIR / name
+
+
+def resolve_prepared(override: str, out: Path) -> str:
+    """An override with each {prepare:NAME} replaced by that prepared run's folder."""
+    return re.sub(r"\{prepare:([^}]*)\}", lambda m: str(prepared_folder(out, m.group(1)).resolve()), override)
+
+
+def train_command(unit: Unit, run: Path, threads: int, out: Path | None = None) -> list[str]:
+    """`supernet train` of a unit into `run`, or `--resume` once it has a checkpoint; {prepare:NAME} in an
+    override is the prepared run's folder under `out`."""
     cli = [sys.executable, "-m", "supernet", "train"]
     if (run / "checkpoints" / "latest.pt").is_file():
         argv = [*cli, "--resume", str(run)]
     else:
         argv = [*cli, str(unit.recipe), "--out", str(run), "--force"]
         for override in unit.overrides:
-            argv += ["--set", override]
+            argv += ["--set", override if out is None else resolve_prepared(override, out)]
     return [*argv, "--no-progress", "--set", f"train.threads={threads}"]
 
 
@@ -93,24 +118,31 @@ def search_command(unit: Unit, run: Path, spec: StudySpec) -> list[str]:
 def unit_commands(unit: Unit, out: Path, spec: StudySpec, threads: int) -> list[list[str]]:
     """The CLI calls of a unit: train (or resume) its run, then search it with the study's protocol."""
     run = unit.folder(out)
-    return [train_command(unit, run, threads), search_command(unit, run, spec)]
+    return [train_command(unit, run, threads, out), search_command(unit, run, spec)]
 
 
 class UnitFailed(RuntimeError):
     """A unit's subprocess exited with an error; the message names the unit, the command and its log."""
 
 
-def _run(argv: list[str], env: dict[str, str], cores: tuple[int, ...], log: Path) -> None:
+def run_logged(argv: list[str], env: dict[str, str], log: Path, cores: tuple[int, ...] | None = None) -> None:
+    """Run one CLI call with its output appended to `log` (pinned to `cores` when given); UnitFailed if it fails."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    pin = None if cores is None else (lambda: os.sched_setaffinity(0, cores))
     with log.open("a", encoding="utf-8") as fh:
         fh.write("$ " + " ".join(argv[2:]) + "\n")
         fh.flush()
         code = subprocess.run(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, check=False,
-                              preexec_fn=lambda: os.sched_setaffinity(0, cores)).returncode
+                              preexec_fn=pin).returncode
     if code != 0:
         lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
         raise UnitFailed(f"`supernet {argv[3]}` exited with {code}: {lines[-1] if lines else 'no output'} "
                          f"(log: {log})")
+
+
+def unit_log(unit: Unit, out: Path) -> Path:
+    """Where a unit's CLI calls write their output."""
+    return out / "logs" / f"{unit.trial}-budget{unit.budget}-seed{unit.seed}.log"
 
 
 def last_train_record(run: Path) -> dict[str, Any]:
@@ -119,6 +151,18 @@ def last_train_record(run: Path) -> dict[str, Any]:
     if not records:
         raise StudyError(f"{run} logged no training record; its metrics.jsonl is empty or damaged")
     return records[-1]
+
+
+_DIAGNOSTICS = ("teacher_top1", "student_top1", "teacher_gap", "logit_distance")
+
+
+def diagnostics_by_epoch(run: Path) -> list[dict[str, Any]]:
+    """The per-epoch diagnostics a run logged with its evaluations (EnNAS section 4.2-4.3), epoch by epoch."""
+    out = []
+    for r in read_metrics(run / "metrics.jsonl"):
+        if r.get("kind") == "eval" and "diag_logit_distance" in r:
+            out.append({"epoch": r.get("epoch"), **{k: r.get(f"diag_{k}") for k in _DIAGNOSTICS}})
+    return out
 
 
 def _point(c: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -135,7 +179,7 @@ def collect_result(unit: Unit, out: Path) -> dict[str, Any]:
     cost = last_train_record(run)
     return {
         "trial": unit.trial, "seed": unit.seed, "budget": unit.budget, "epochs": unit.epochs,
-        "recipe": str(unit.recipe), "overrides": list(unit.overrides), "run_dir": str(run),
+        "recipe": unit.recipe.name, "overrides": list(unit.overrides), "run_dir": str(run.relative_to(out)),
         "space": front["space"], "range": front["range"], "images": front["images"],
         "pareto_reading": front["pareto_reading"],
         "mean_pareto_test": front["mean_pareto_accuracy"], "mean_pareto_val": front["mean_pareto_accuracy_val"],
@@ -143,20 +187,47 @@ def collect_result(unit: Unit, out: Path) -> dict[str, Any]:
         "front": [_point(c) for c in front["front"]],
         "buckets": [{"low": b["low"], "high": b["high"], "best": _point(b["best"])} for b in front["buckets"]],
         "train_macs": cost.get("train_macs"), "wall_time": cost.get("wall_time"), "elapsed": cost.get("elapsed"),
-        "gpu_hours": cost.get("gpu_hours"), "steps": cost.get("step"),
+        "gpu_hours": cost.get("gpu_hours"), "steps": cost.get("step"), "diagnostics": diagnostics_by_epoch(run),
     }
+
+
+def unit_record(unit: Unit) -> dict[str, Any]:
+    """What makes a unit this unit, independent of where the checkout lives: the recipe's settings (its parsed
+    YAML, so comments may change) and the overrides."""
+    try:
+        settings = yaml.safe_load(unit.recipe.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise StudyError(f"recipe {unit.recipe} cannot be read: {err}".replace("\n", " ")) from None
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return {"recipe": unit.recipe.name, "recipe_settings": digest, "overrides": list(unit.overrides)}
+
+
+def finish_unit(unit: Unit, out: Path) -> dict[str, Any]:
+    """Collect a unit's figures and write its result.json (which marks it finished)."""
+    result = collect_result(unit, out)
+    atomic_write_text(unit.folder(out) / RESULT_FILE, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def check_unit_records(units: Sequence[Unit], out: Path) -> None:
+    """Refuse to continue unit folders that an earlier, different version of the study wrote."""
+    for unit in units:
+        _check_unit_record(unit, out)
 
 
 def _check_unit_record(unit: Unit, out: Path) -> None:
     """Refuse to continue a unit folder that an earlier, different version of the study wrote."""
     path = unit.folder(out) / UNIT_FILE
-    record = {"recipe": str(unit.recipe), "overrides": list(unit.overrides)}
+    record = unit_record(unit)
     if path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved != record:
-            raise StudyError(f"{unit.folder(out)} was run with {saved['overrides']} from {saved['recipe']}, but the "
-                             f"study now gives {record['overrides']}; use another --out, or delete that folder to "
-                             "rerun it")
+        if saved.get("recipe_settings") != record["recipe_settings"]:
+            raise StudyError(f"{unit.folder(out)} was run with other settings in recipe {saved.get('recipe')}; use "
+                             "another --out, or delete that folder to rerun it")
+        if saved.get("overrides") != record["overrides"]:
+            raise StudyError(f"{unit.folder(out)} was run with {saved.get('overrides')} from {saved.get('recipe')}, "
+                             f"but the study now gives {record['overrides']}; use another --out, or delete that "
+                             "folder to rerun it")
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(record, indent=2) + "\n")
@@ -166,8 +237,7 @@ def run_units(units: Sequence[Unit], out: Path, spec: StudySpec, parallel: int =
               cores: Sequence[int] | None = None, gpus: int = 0,
               report: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], list[str]]:
     """Run the units that have no result yet; (every unit's result, the failures' messages)."""
-    for unit in units:
-        _check_unit_record(unit, out)
+    check_unit_records(units, out)
     todo = [u for u in units if not (u.folder(out) / RESULT_FILE).is_file()]
     if len(todo) < len(units):
         report(f"{len(units) - len(todo)} of {len(units)} units already finished; running {len(todo)}")
@@ -181,10 +251,9 @@ def run_units(units: Sequence[Unit], out: Path, spec: StudySpec, parallel: int =
         slot = slots.get()
         try:
             env = slot_env(slot, width)
-            log = out / "logs" / f"{unit.trial}-budget{unit.budget}-seed{unit.seed}.log"
             for argv in unit_commands(unit, out, spec, len(slot.cores)):
-                _run(argv, env, slot.cores, log)
-            atomic_write_text(unit.folder(out) / RESULT_FILE, json.dumps(collect_result(unit, out), indent=2) + "\n")
+                run_logged(argv, env, unit_log(unit, out), slot.cores)
+            finish_unit(unit, out)
             report(f"finished {unit.trial} (budget {unit.budget}, {unit.epochs} epochs, seed {unit.seed})")
         except UnitFailed as err:
             failures.append(f"{unit.trial} budget {unit.budget} seed {unit.seed}: {err}")
@@ -193,9 +262,34 @@ def run_units(units: Sequence[Unit], out: Path, spec: StudySpec, parallel: int =
 
     with ThreadPoolExecutor(max_workers=width) as pool:
         list(pool.map(work, todo))
-    results = [json.loads((u.folder(out) / RESULT_FILE).read_text(encoding="utf-8")) for u in units
-               if (u.folder(out) / RESULT_FILE).is_file()]
-    return results, failures
+    return read_results(units, out), failures
+
+
+def read_results(units: Sequence[Unit], out: Path) -> list[dict[str, Any]]:
+    """The results of the finished units, in plan order."""
+    return [json.loads((u.folder(out) / RESULT_FILE).read_text(encoding="utf-8")) for u in units
+            if (u.folder(out) / RESULT_FILE).is_file()]
+
+
+def prepare_runs(spec: StudySpec, base: Path, out: Path, cores: Sequence[int] | None = None,
+                 report: Callable[[str], None] = print) -> None:
+    """Train the study's prepared runs (once, with the first seed; a killed one resumes)."""
+    slot = make_slots(1, cores)[0]
+    for entry in spec.prepare:
+        run = prepared_folder(out, entry.name)
+        unit = Unit(entry.name, spec.seeds[0], 0, 0, recipe_path(entry, base),
+                    (*spec.set, *entry.set, f"seed={spec.seeds[0]}"))
+        done = run / "prepared.json"
+        record = unit_record(unit)
+        if done.is_file():
+            if json.loads(done.read_text(encoding="utf-8")) != record:
+                raise StudyError(f"{run} was prepared with other settings; use another --out, or delete that folder "
+                                 "to prepare it again")
+            continue
+        report(f"preparing {entry.name} ({entry.recipe})")
+        run_logged(train_command(unit, run, len(slot.cores), out), slot_env(slot, 1),
+                   out / "logs" / f"prepare-{entry.name}.log", slot.cores)
+        atomic_write_text(done, json.dumps(record, indent=2) + "\n")
 
 
 def calibrate(spec: StudySpec, base: Path, out: Path, cores: Sequence[int] | None = None,
@@ -212,12 +306,13 @@ def calibrate(spec: StudySpec, base: Path, out: Path, cores: Sequence[int] | Non
             costs[trial.name] = json.loads(saved.read_text(encoding="utf-8"))["macs_per_epoch"]
             continue
         report(f"calibrating {trial.name}: {b.calibration_epochs} epochs on {b.calibration_images} images")
-        overrides = (*trial_overrides(spec, trial), f"seed={spec.seeds[0]}", f"train.epochs={b.calibration_epochs}",
+        recipe, chosen = recipe_path(trial, base), trial_overrides(spec, trial)
+        overrides = (*chosen, f"seed={spec.seeds[0]}", *epoch_overrides(recipe, chosen, b.calibration_epochs),
                      f"data.limit={b.calibration_images}")
-        unit = Unit(trial.name, spec.seeds[0], 0, b.calibration_epochs, recipe_path(trial, base), overrides)
+        unit = Unit(trial.name, spec.seeds[0], 0, b.calibration_epochs, recipe, overrides)
         run = folder / "run"
-        _run(train_command(unit, run, len(slot.cores)), slot_env(slot, 1), slot.cores,
-             out / "logs" / f"calibration-{trial.name}.log")
+        run_logged(train_command(unit, run, len(slot.cores), out), slot_env(slot, 1),
+                   out / "logs" / f"calibration-{trial.name}.log", slot.cores)
         costs[trial.name] = last_train_record(run)["train_macs"] / b.calibration_epochs
         atomic_write_text(saved, json.dumps({"macs_per_epoch": costs[trial.name], "epochs": b.calibration_epochs,
                                              "images": b.calibration_images}, indent=2) + "\n")

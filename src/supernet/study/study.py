@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from supernet.fileio import atomic_write_text
-from supernet.study.aggregate import compare, markdown, summarise
+from supernet.study.aggregate import at_targets, compare, cost_to_equal_front, default_targets, summarise
+from supernet.study.page import write_page
 from supernet.study.plan import plan_units
-from supernet.study.runner import RESULT_FILE, calibrate, run_units
+from supernet.study.ray_runner import RayResources, run_units_ray
+from supernet.study.runner import RESULT_FILE, calibrate, prepare_runs, read_results, run_units
 from supernet.study.spec import StudyError, StudySpec, load_study
+from supernet.study.tables import budget_sections, equal_front_table, markdown
 
 
 @dataclass(frozen=True)
@@ -30,26 +33,42 @@ class StudyOutcome:
 
 def aggregate_study(spec: StudySpec, out: Path, results: Sequence[dict[str, Any]],
                     costs: dict[str, float] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Write out/study.json and out/study.md from the unit results; (rows, comparisons)."""
-    rows = summarise(results, [t.name for t in spec.trials])
+    """Write out/study.json, study.md and study.html (with its plots) from the unit results; (rows, comparisons)."""
+    trials = [t.name for t in spec.trials]
+    rows = summarise(results, trials)
     comparisons = compare(rows)
+    targets = spec.tables.macs_targets or default_targets(results)
+    target_rows = at_targets(results, trials, targets)
+    equal = cost_to_equal_front(rows, trials, spec.tables.equal_front_level)
     doc = {"name": spec.name, "description": spec.description, "spec": spec.model_dump(mode="json"),
-           "calibration": costs, "rows": rows, "comparisons": comparisons, "units": list(results)}
+           "calibration": costs, "rows": rows, "comparisons": comparisons, "at_targets": target_rows,
+           "equal_front": equal, "units": list(results)}
     atomic_write_text(out / "study.json", json.dumps(doc, indent=2) + "\n")
-    rule = ("equal epochs" if spec.budget.rule == "epochs" else
-            f"equal counted training MACs to {spec.budget.reference} at the listed epochs")
-    head = [f"# Study {spec.name}", "", spec.description, "",
-            (f"Trials trained for {rule}; seeds {spec.seeds}; every trial searched with the same protocol "
-            f"(population {spec.search.population}, {spec.search.iterations} generations); accuracies are test "
-            "top-1 of sub-networks selected on val (mean ± std over seeds)."), "", ""]
-    atomic_write_text(out / "study.md", "\n".join(head) + markdown(rows, comparisons) + "\n")
+    rule = {"epochs": "equal epochs", "recipe": "the epochs their recipes give",
+            "cost": f"equal counted training MACs to {spec.budget.reference} at the listed epochs"}[spec.budget.rule]
+    protocol = (f"Trials trained for {rule}; seeds {spec.seeds}; every trial searched with the same protocol "
+                f"(population {spec.search.population}, {spec.search.iterations} generations); accuracies are test "
+                "top-1 of sub-networks selected on val (mean ± std over seeds).")
+    sections = budget_sections(rows, comparisons, target_rows)
+    equal_table = equal_front_table(equal) if len(trials) > 1 else None
+    head = [f"# Study {spec.name}", "", spec.description, "", protocol, "", ""]
+    atomic_write_text(out / "study.md", "\n".join(head) + markdown(sections, equal_table) + "\n")
+    write_page(out, f"Study {spec.name}", [spec.description, protocol], sections, equal_table, results, rows, trials)
     return rows, comparisons
 
 
 def run_study(path: str | os.PathLike[str], out: str | os.PathLike[str], parallel: int = 1,
-              cores: Sequence[int] | None = None, gpus: int = 0,
+              cores: Sequence[int] | None = None, gpus: int = 0, engine: str = "local",
+              ray: RayResources | None = None, ray_address: str | None = None, ray_cpus: int | None = None,
               report: Callable[[str], None] = print) -> StudyOutcome:
-    """Run (or continue) the study in file `path` into `out`, then aggregate what has finished."""
+    """Run (or continue) the study in file `path` into `out`, then aggregate what has finished.
+
+    engine "local": this machine, `parallel` units at a time on disjoint cores (one GPU each of `gpus`);
+    engine "ray": Ray Tune trials on the cluster at `ray_address` (default: a local instance of `ray_cpus`
+    CPUs), each asking for `ray` resources. The budget rule's calibration runs on this machine either way.
+    """
+    if engine not in ("local", "ray"):
+        raise StudyError(f"unknown engine {engine!r}; use local or ray")
     spec, base = load_study(path)
     out = Path(out)
     previous = out / "study.json"
@@ -61,9 +80,15 @@ def run_study(path: str | os.PathLike[str], out: str | os.PathLike[str], paralle
         if name != spec.name:
             raise StudyError(f"{out} holds another study ({name!r}), not {spec.name!r}; use another --out")
     out.mkdir(parents=True, exist_ok=True)
+    prepare_runs(spec, base, out, cores, report)
     costs = calibrate(spec, base, out, cores, report) if spec.budget.rule == "cost" else None
     units = plan_units(spec, base, costs)
-    results, failures = run_units(units, out, spec, parallel, cores, gpus, report)
+    if engine == "ray":
+        failures = run_units_ray(units, out, spec, ray or RayResources(), ray_address, num_cpus=ray_cpus,
+                                 report=report)
+        results = read_results(units, out)
+    else:
+        results, failures = run_units(units, out, spec, parallel, cores, gpus, report)
     rows, comparisons = aggregate_study(spec, out, results, costs)
     return StudyOutcome(out, results, rows, comparisons, failures, len(units))
 

@@ -85,7 +85,7 @@ class Schedule:
         if isinstance(sched, ProgressiveConfig):
             start = 0
             for phase in sched.phases:
-                steps = max(1, round(phase.epochs * steps_per_epoch))
+                steps = max(1, round(phase.epochs * sched.stretch * steps_per_epoch))
                 self.phases.append(_Phase(phase, start, steps, self._phase_space(phase)))
                 start += steps
             self.total_steps = start
@@ -135,7 +135,8 @@ class Schedule:
             # OFA: each phase its own cosine (and warm-up) at its own peak, scaled with the global batch
             scale = self.peak_lr / self.config.optim.lr
             peak = self.peak_lr if phase.config.lr is None else phase.config.lr * scale
-            warmup = None if phase.config.warmup_epochs is None else round(phase.config.warmup_epochs * self.steps_per_epoch)
+            warmup = (None if phase.config.warmup_epochs is None else
+                      round(phase.config.warmup_epochs * sched.stretch * self.steps_per_epoch))
             full_only = phase.config.num_random == 0
             return StepPlan(
                 phase=phase.config.name,
