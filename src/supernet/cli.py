@@ -366,7 +366,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     ray = RayResources(args.ray_processes, args.ray_cpus, args.ray_gpus)
     try:
         outcome = run_study(args.study, args.out, parallel=args.parallel, gpus=args.gpus, engine=args.engine,
-                            ray=ray, ray_address=args.ray_address, report=say)
+                            ray=ray, ray_address=args.ray_address, ray_retries=args.ray_retries, report=say)
     except UnitFailed as err:
         print(f"supernet study: error: {err}; run the same command again to continue", file=sys.stderr)
         return 1
@@ -749,6 +749,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--ray-cpus", type=_positive_int, default=1,
                        help="engine ray: CPUs (and torch threads) per process (default: 1)")
     study.add_argument("--ray-gpus", type=_count, default=0, help="engine ray: GPUs per process, 0 or 1 (default: 0)")
+    study.add_argument("--ray-retries", type=_count, default=2,
+                       help="engine ray: times a failed unit is retried, resuming from its checkpoint (default: 2)")
     study.set_defaults(handler=_cmd_study)
 
     imp = commands.add_parser(

@@ -169,6 +169,8 @@ def write_page(out: Path, title: str, intro: Sequence[str], sections: Sequence[S
         if fig is not None:
             save_png(fig, out / name)
             plots.append(name)
+        else:
+            (out / name).unlink(missing_ok=True)  # an earlier aggregate's plot no longer applies
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{html.escape(title)}</title>",
              f"<style>{PAGE_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
              *(f"<p>{html.escape(p)}</p>" for p in intro if p)]

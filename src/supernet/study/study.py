@@ -60,12 +60,12 @@ def aggregate_study(spec: StudySpec, out: Path, results: Sequence[dict[str, Any]
 def run_study(path: str | os.PathLike[str], out: str | os.PathLike[str], parallel: int = 1,
               cores: Sequence[int] | None = None, gpus: int = 0, engine: str = "local",
               ray: RayResources | None = None, ray_address: str | None = None, ray_cpus: int | None = None,
-              report: Callable[[str], None] = print) -> StudyOutcome:
+              ray_retries: int = 2, report: Callable[[str], None] = print) -> StudyOutcome:
     """Run (or continue) the study in file `path` into `out`, then aggregate what has finished.
 
     engine "local": this machine, `parallel` units at a time on disjoint cores (one GPU each of `gpus`);
     engine "ray": Ray Tune trials on the cluster at `ray_address` (default: a local instance of `ray_cpus`
-    CPUs), each asking for `ray` resources. The budget rule's calibration runs on this machine either way.
+    CPUs), each asking for `ray` resources, a failed one retried `ray_retries` times. The budget rule's calibration runs on this machine either way.
     """
     if engine not in ("local", "ray"):
         raise StudyError(f"unknown engine {engine!r}; use local or ray")
@@ -84,8 +84,8 @@ def run_study(path: str | os.PathLike[str], out: str | os.PathLike[str], paralle
     costs = calibrate(spec, base, out, cores, report) if spec.budget.rule == "cost" else None
     units = plan_units(spec, base, costs)
     if engine == "ray":
-        failures = run_units_ray(units, out, spec, ray or RayResources(), ray_address, num_cpus=ray_cpus,
-                                 report=report)
+        failures = run_units_ray(units, out, spec, ray or RayResources(), ray_address, max_failures=ray_retries,
+                                 num_cpus=ray_cpus, report=report)
         results = read_results(units, out)
     else:
         results, failures = run_units(units, out, spec, parallel, cores, gpus, report)
