@@ -128,9 +128,9 @@ def run_units_ray(units: Sequence[Unit], out: Path, spec: StudySpec, resources: 
                 raise StudyError(f"each unit asks for {need:g} {kind}s, but the Ray cluster has "
                                  f"{capacity.get(kind, 0):g}; lower --ray-processes, --ray-cpus or --ray-gpus")
         concurrent = capacity.get("CPU", 0) >= 2 * per_unit["CPU"]
-        # a multi-process unit's ranks are Ray Train's workers; its Tune trial only waits for them
+        # a multi-process unit's ranks are Ray Train's workers; its Tune trial only waits for them, holding no CPU
         trial_resources = ({"cpu": resources.cpus, "gpu": resources.gpus} if resources.processes == 1
-                           else {"cpu": 0})
+                           else {"memory": 1})  # a bundle must ask for something: one byte
         trainable = tune.with_resources(tune.with_parameters(_trial, units=todo, out=str(out), spec=spec,
                                                              resources=resources, concurrent=concurrent),
                                         trial_resources)
