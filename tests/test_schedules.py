@@ -124,7 +124,8 @@ def test_step_decay_multiplies_the_lr_once_per_decay_period() -> None:
 def test_progressive_total_epochs_stretches_every_phase_and_its_warmup() -> None:
     config = load_config(CONFIGS / "ofa.yaml", ["schedule.total_epochs=6"])
     written = load_config(CONFIGS / "ofa.yaml")
-    assert sum(p.epochs for p in written.schedule.phases) == pytest.approx(2.0) and config.schedule.stretch == pytest.approx(3.0)
+    assert sum(p.epochs for p in written.schedule.phases) == pytest.approx(2.0)
+    assert config.schedule.stretch == pytest.approx(3.0)
     sched = Schedule(config, spaces.get("fmnist"), steps_per_epoch=20, global_batch=128)
     assert [p.steps for p in sched.phases] == [round(p.epochs * 3 * 20) for p in written.schedule.phases]
     assert sched.total_steps == 120

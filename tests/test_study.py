@@ -278,7 +278,8 @@ def test_aggregated_files_hold_the_paper_style_tables(tmp_path: Path) -> None:
     aggregate_study(spec, tmp_path, results)
     md = (tmp_path / "study.md").read_text()
     assert "| trial | <= 2 M | <= 4 M |" in md and "| a | 52.00 ± 0.00 | 71.00 ± 0.00 |" in md
-    assert "| a | 75.50 ± 0.71 | 70.50 ± 0.71 | 5.00 ± 0.00 | 1.500 ± 0.707 |" in md  # teacher, student, gap, distance
+    # teacher, student, gap, distance
+    assert "| a | 75.50 ± 0.71 | 70.50 ± 0.71 | 5.00 ± 0.00 | 1.500 ± 0.707 |" in md
     assert "## Cost to an equal front" in md and "| b | not reached | - | - |" not in md
     doc = json.loads((tmp_path / "study.json").read_text())
     assert doc["equal_front"]["level"] == pytest.approx(0.605) and doc["at_targets"][0]["cells"][0]["target"] == 2e6

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,14 +129,15 @@ def run_units_ray(units: Sequence[Unit], out: Path, spec: StudySpec, resources: 
                 raise StudyError(f"each unit asks for {need:g} {kind}s, but the Ray cluster has "
                                  f"{capacity.get(kind, 0):g}; lower --ray-processes, --ray-cpus or --ray-gpus")
         concurrent = capacity.get("CPU", 0) >= 2 * per_unit["CPU"]
-        # a multi-process unit's ranks are Ray Train's workers; its Tune trial only waits for them, holding no CPU
+        # a multi-process unit's ranks are Ray Train's workers; its Tune trial only waits for them (no CPU)
         trial_resources = ({"cpu": resources.cpus, "gpu": resources.gpus} if resources.processes == 1
                            else {"memory": 1})  # a bundle must ask for something: one byte
         trainable = tune.with_resources(tune.with_parameters(_trial, units=todo, out=str(out), spec=spec,
                                                              resources=resources, concurrent=concurrent),
                                         trial_resources)
         tuner = tune.Tuner(trainable, param_space={"unit": tune.grid_search(list(range(len(todo))))},
-                           run_config=tune.RunConfig(name=f"study-{spec.name}", storage_path=str(out / "ray"),
+                           run_config=tune.RunConfig(name=f"study-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                                     storage_path=str(out / "ray"),
                                                      failure_config=tune.FailureConfig(max_failures=max_failures),
                                                      verbose=0))
         grid = tuner.fit()

@@ -65,7 +65,8 @@ def run_study(path: str | os.PathLike[str], out: str | os.PathLike[str], paralle
 
     engine "local": this machine, `parallel` units at a time on disjoint cores (one GPU each of `gpus`);
     engine "ray": Ray Tune trials on the cluster at `ray_address` (default: a local instance of `ray_cpus`
-    CPUs), each asking for `ray` resources, a failed one retried `ray_retries` times. The budget rule's calibration runs on this machine either way.
+    CPUs), each asking for `ray` resources, a failed one retried `ray_retries` times. The budget rule's
+    calibration and the prepared runs run on this machine either way.
     """
     if engine not in ("local", "ray"):
         raise StudyError(f"unknown engine {engine!r}; use local or ray")

@@ -38,7 +38,8 @@ def _summary(at: Sequence[dict[str, Any]]) -> Table:
     rows = []
     for r in at:
         tmacs, wall = r["train_macs"]["mean"], r["wall_time"]["mean"]
-        rows.append((r["trial"], str(r["epochs"]), str(len(r["seeds"])), pct(r["smallest_test"]), pct(r["largest_test"]),
+        rows.append((r["trial"], f"{r['epochs']:g}", str(len(r["seeds"])), pct(r["smallest_test"]),
+                     pct(r["largest_test"]),
                      pct(r["mean_pareto_test"]), pct(r["mean_pareto_val"]),
                      "-" if tmacs is None else f"{tmacs / 1e12:.3g}", "-" if wall is None else f"{wall:.0f}"))
     return Table("Per trial, mean ± std over seeds (top-1 in %)",
