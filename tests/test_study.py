@@ -28,7 +28,7 @@ from supernet.study import (
     summarise,
 )
 from supernet.study.page import mean_front
-from supernet.study.runner import RESULT_FILE, calibrate, check_unit_records, train_command
+from supernet.study.runner import RESULT_FILE, calibrate, pending_units, train_command
 from supernet.study.tables import equal_front_table
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -348,12 +348,12 @@ def test_unit_records_survive_a_moved_checkout_but_not_changed_settings(tmp_path
     out = tmp_path / "out"
     for folder in (here, there):  # the same study from another checkout continues the same units
         spec, base = load_study(write_study(folder / "s.yaml", trials=[{"name": "a", "recipe": "r.yaml"}]))
-        check_unit_records(plan_units(spec, base), out)
+        pending_units(plan_units(spec, base), out, report=lambda line: None)
     record = json.loads((out / "runs" / "a" / "budget1" / "seed0" / "unit.json").read_text())
     assert record["recipe"] == "r.yaml" and str(tmp_path) not in json.dumps(record)
     (there / "r.yaml").write_text((there / "r.yaml").read_text().replace("lr: 0.2", "lr: 0.3"))
     with pytest.raises(StudyError, match="other settings in recipe r.yaml"):
-        check_unit_records(plan_units(*load_study(there / "s.yaml")), out)
+        pending_units(plan_units(*load_study(there / "s.yaml")), out, report=lambda line: None)
 
 
 def test_a_prepared_teacher_serves_a_dna_trial(tmp_path: Path) -> None:

@@ -245,9 +245,14 @@ class ProgressiveConfig(_Section):
                                        "proportion so the phases last this many epochs (default: as written)")
 
     @property
+    def length(self) -> float:
+        """How many epochs the phases last: total_epochs, or the phases' epochs as written."""
+        return sum(p.epochs for p in self.phases) if self.total_epochs is None else self.total_epochs
+
+    @property
     def stretch(self) -> float:
         """The factor on every phase's epochs and warm-up epochs."""
-        return 1.0 if self.total_epochs is None else self.total_epochs / sum(p.epochs for p in self.phases)
+        return self.length / sum(p.epochs for p in self.phases)
 
 
 ScheduleConfig = Annotated[

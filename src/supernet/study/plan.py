@@ -79,13 +79,16 @@ def plan_units(spec: StudySpec, base: Path, costs: dict[str, float] | None = Non
         raise ValueError("budget rule cost: give each trial's training MACs per epoch")
     units = []
     for budget in spec.budget.epochs:
+        # per trial once (the recipe is read here), then seed by seed
+        planned = []
+        for trial in spec.trials:
+            epochs = (equal_cost_epochs(budget, costs[spec.budget.reference], costs[trial.name])
+                      if spec.budget.rule == "cost" and costs is not None else budget)
+            recipe, chosen = recipe_path(trial, base), trial_overrides(spec, trial)
+            planned.append((trial.name, epochs, recipe, chosen, epoch_overrides(recipe, chosen, epochs)))
         for seed in spec.seeds:
-            for trial in spec.trials:
-                epochs = (equal_cost_epochs(budget, costs[spec.budget.reference], costs[trial.name])
-                          if spec.budget.rule == "cost" and costs is not None else budget)
-                recipe, chosen = recipe_path(trial, base), trial_overrides(spec, trial)
-                overrides = (*chosen, f"seed={seed}", *epoch_overrides(recipe, chosen, epochs))
-                units.append(Unit(trial.name, seed, budget, epochs, recipe, overrides))
+            for name, epochs, recipe, chosen, length in planned:
+                units.append(Unit(name, seed, budget, epochs, recipe, (*chosen, f"seed={seed}", *length)))
     return units
 
 
@@ -96,9 +99,7 @@ def recipe_epochs(recipe: Path, overrides: Sequence[str]) -> float:
     except ConfigError as err:
         raise StudyError(f"recipe {recipe} with {list(overrides)}: {err}") from None
     sched = config.schedule
-    if isinstance(sched, ProgressiveConfig):
-        return sum(p.epochs for p in sched.phases) * sched.stretch
-    return config.train.epochs
+    return sched.length if isinstance(sched, ProgressiveConfig) else config.train.epochs
 
 
 def _recipe_units(spec: StudySpec, base: Path) -> list[Unit]:

@@ -20,9 +20,8 @@ from typing import Any
 
 from supernet.study.plan import Unit
 from supernet.study.runner import (
-    RESULT_FILE,
-    check_unit_records,
     finish_unit,
+    pending_units,
     run_logged,
     thread_env,
     unit_commands,
@@ -111,10 +110,7 @@ def run_units_ray(units: Sequence[Unit], out: Path, spec: StudySpec, resources: 
     from ray import tune
 
     out = out.resolve()
-    check_unit_records(units, out)
-    todo = [u for u in units if not (u.folder(out) / RESULT_FILE).is_file()]
-    if len(todo) < len(units):
-        report(f"{len(units) - len(todo)} of {len(units)} units already finished; running {len(todo)}")
+    todo = pending_units(units, out, report)
     if not todo:
         return []
     started = not ray.is_initialized()

@@ -209,10 +209,15 @@ def finish_unit(unit: Unit, out: Path) -> dict[str, Any]:
     return result
 
 
-def check_unit_records(units: Sequence[Unit], out: Path) -> None:
-    """Refuse to continue unit folders that an earlier, different version of the study wrote."""
+def pending_units(units: Sequence[Unit], out: Path, report: Callable[[str], None] = print) -> list[Unit]:
+    """The units without a result, after refusing unit folders that an earlier, different version of the
+    study wrote; says how many had finished already."""
     for unit in units:
         _check_unit_record(unit, out)
+    todo = [u for u in units if not (u.folder(out) / RESULT_FILE).is_file()]
+    if len(todo) < len(units):
+        report(f"{len(units) - len(todo)} of {len(units)} units already finished; running {len(todo)}")
+    return todo
 
 
 def _check_unit_record(unit: Unit, out: Path) -> None:
@@ -237,10 +242,7 @@ def run_units(units: Sequence[Unit], out: Path, spec: StudySpec, parallel: int =
               cores: Sequence[int] | None = None, gpus: int = 0,
               report: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], list[str]]:
     """Run the units that have no result yet; (every unit's result, the failures' messages)."""
-    check_unit_records(units, out)
-    todo = [u for u in units if not (u.folder(out) / RESULT_FILE).is_file()]
-    if len(todo) < len(units):
-        report(f"{len(units) - len(todo)} of {len(units)} units already finished; running {len(todo)}")
+    todo = pending_units(units, out, report)
     width = min(parallel, max(1, len(todo)))  # no more slots than units to run
     slots: queue.Queue[Slot] = queue.Queue()
     for slot in make_slots(width, cores, gpus):

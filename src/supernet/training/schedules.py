@@ -82,10 +82,11 @@ class Schedule:
         self.warmup_steps = round(optim.warmup_epochs * steps_per_epoch)
         sched = config.schedule
         self.phases: list[_Phase] = []
+        self.stretch = sched.stretch if isinstance(sched, ProgressiveConfig) else 1.0  # once here; _plan reads it every step
         if isinstance(sched, ProgressiveConfig):
             start = 0
             for phase in sched.phases:
-                steps = max(1, round(phase.epochs * sched.stretch * steps_per_epoch))
+                steps = max(1, round(phase.epochs * self.stretch * steps_per_epoch))
                 self.phases.append(_Phase(phase, start, steps, self._phase_space(phase)))
                 start += steps
             self.total_steps = start
@@ -136,7 +137,7 @@ class Schedule:
             scale = self.peak_lr / self.config.optim.lr
             peak = self.peak_lr if phase.config.lr is None else phase.config.lr * scale
             warmup = (None if phase.config.warmup_epochs is None else
-                      round(phase.config.warmup_epochs * sched.stretch * self.steps_per_epoch))
+                      round(phase.config.warmup_epochs * self.stretch * self.steps_per_epoch))
             full_only = phase.config.num_random == 0
             return StepPlan(
                 phase=phase.config.name,
