@@ -82,7 +82,8 @@ class Schedule:
         self.warmup_steps = round(optim.warmup_epochs * steps_per_epoch)
         sched = config.schedule
         self.phases: list[_Phase] = []
-        self.stretch = sched.stretch if isinstance(sched, ProgressiveConfig) else 1.0  # once here; _plan reads it every step
+        # the phases' stretch, once here: _plan reads it every step
+        self.stretch = sched.stretch if isinstance(sched, ProgressiveConfig) else 1.0
         if isinstance(sched, ProgressiveConfig):
             start = 0
             for phase in sched.phases:
