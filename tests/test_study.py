@@ -28,6 +28,7 @@ from supernet.study import (
     summarise,
 )
 from supernet.study.page import mean_front
+from supernet.study.reuse import adopt_units
 from supernet.study.runner import RESULT_FILE, calibrate, pending_units, train_command
 from supernet.study.tables import equal_front_table
 
@@ -181,6 +182,24 @@ def test_study_runs_in_parallel_aggregates_and_resumes(tmp_path: Path, capsys: p
     assert main(["study", str(study), "--out", str(out)]) == 0
     assert "2 of 2 units already finished; running 0" in capsys.readouterr().err
     assert stamps == {u: (u.folder(out) / RESULT_FILE).stat().st_mtime_ns for u in (first, second)}
+
+    # another study adopts the units it shares (same settings, overrides, protocol) instead of rerunning them
+    other = write_study(tmp_path / "other.yaml", name="other", set=[*TINY, "train.diagnostic_draws=1"],
+                        trials=[{"name": "sandwich", "recipe": str(CONFIGS / "nokd.yaml")}])
+    assert main(["study", str(other), "--out", str(tmp_path / "other"), "--reuse", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"adopted 2 finished units from {out}" in err and "running 0" in err
+    adopted = json.loads((tmp_path / "other" / "study.json").read_text())["units"]
+    assert [u["trial"] for u in adopted] == ["sandwich", "sandwich"]
+    assert [u["mean_pareto_test"] for u in adopted] == tests
+    assert adopted[1]["reused_from"] == "tiny:runs/nokd/budget1/seed1"
+    assert adopted[1]["run_dir"] == "runs/sandwich/budget1/seed1"
+    changed, _ = load_study(write_study(tmp_path / "lr.yaml", name="lr", set=[*TINY, "optim.lr=0.5"]))
+    assert adopt_units(plan_units(changed, base), tmp_path / "lr", changed, [out], report=print) == 0
+    protocol = {"population": 4, "iterations": 0, "parents": 2, "mutations": 1, "crossovers": 1, "recal_images": 64}
+    write_study(other, name="other2", search=protocol)
+    assert main(["study", str(other), "--out", str(tmp_path / "other2"), "--reuse", str(out)]) == 2
+    assert "searched with another protocol" in capsys.readouterr().err
 
     # a changed study must not reuse a unit trained with other settings
     write_study(study, set=[*TINY, "optim.lr=0.5"])

@@ -366,7 +366,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
     ray = RayResources(args.ray_processes, args.ray_cpus, args.ray_gpus)
     try:
         outcome = run_study(args.study, args.out, parallel=args.parallel, gpus=args.gpus, engine=args.engine,
-                            ray=ray, ray_address=args.ray_address, ray_retries=args.ray_retries, report=say)
+                            ray=ray, ray_address=args.ray_address, ray_retries=args.ray_retries, reuse=args.reuse,
+                            report=say)
     except UnitFailed as err:
         print(f"supernet study: error: {err}; run the same command again to continue", file=sys.stderr)
         return 1
@@ -751,6 +752,10 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--ray-gpus", type=_count, default=0, help="engine ray: GPUs per process, 0 or 1 (default: 0)")
     study.add_argument("--ray-retries", type=_count, default=2,
                        help="engine ray: times a failed unit is retried, resuming from its checkpoint (default: 2)")
+    study.add_argument("--reuse", action="append", default=[], metavar="DIR",
+                       help="another study's directory whose finished units are adopted where they match one of "
+                       "this study's exactly (recipe settings, overrides, seed, epochs, search protocol) instead "
+                       "of being rerun; repeatable")
     study.set_defaults(handler=_cmd_study)
 
     imp = commands.add_parser(

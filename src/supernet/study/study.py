@@ -14,6 +14,7 @@ from supernet.study.aggregate import at_targets, compare, cost_to_equal_front, d
 from supernet.study.page import write_page
 from supernet.study.plan import plan_units
 from supernet.study.ray_runner import RayResources, run_units_ray
+from supernet.study.reuse import adopt_units
 from supernet.study.runner import RESULT_FILE, calibrate, prepare_runs, read_results, run_units
 from supernet.study.spec import StudyError, StudySpec, load_study
 from supernet.study.tables import budget_sections, equal_front_table, markdown
@@ -60,13 +61,15 @@ def aggregate_study(spec: StudySpec, out: Path, results: Sequence[dict[str, Any]
 def run_study(path: str | os.PathLike[str], out: str | os.PathLike[str], parallel: int = 1,
               cores: Sequence[int] | None = None, gpus: int = 0, engine: str = "local",
               ray: RayResources | None = None, ray_address: str | None = None, ray_cpus: int | None = None,
-              ray_retries: int = 2, report: Callable[[str], None] = print) -> StudyOutcome:
+              ray_retries: int = 2, reuse: Sequence[str | os.PathLike[str]] = (),
+              report: Callable[[str], None] = print) -> StudyOutcome:
     """Run (or continue) the study in file `path` into `out`, then aggregate what has finished.
 
     engine "local": this machine, `parallel` units at a time on disjoint cores (one GPU each of `gpus`);
     engine "ray": Ray Tune trials on the cluster at `ray_address` (default: a local instance of `ray_cpus`
     CPUs), each asking for `ray` resources, a failed one retried `ray_retries` times. The budget rule's
-    calibration and the prepared runs run on this machine either way.
+    calibration and the prepared runs run on this machine either way. Units that a study directory in
+    `reuse` finished alike (same recipe settings, overrides, search protocol) are adopted, not rerun.
     """
     if engine not in ("local", "ray"):
         raise StudyError(f"unknown engine {engine!r}; use local or ray")
@@ -84,6 +87,8 @@ def run_study(path: str | os.PathLike[str], out: str | os.PathLike[str], paralle
     prepare_runs(spec, base, out, cores, report)
     costs = calibrate(spec, base, out, cores, report) if spec.budget.rule == "cost" else None
     units = plan_units(spec, base, costs)
+    if reuse:
+        adopt_units(units, out, spec, [Path(r) for r in reuse], report)
     if engine == "ray":
         failures = run_units_ray(units, out, spec, ray or RayResources(), ray_address, max_failures=ray_retries,
                                  num_cpus=ray_cpus, report=report)
