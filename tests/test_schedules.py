@@ -91,6 +91,21 @@ def test_ofa_phases_happen_in_order_with_growing_spaces() -> None:
     assert sched.total_steps == sum(max(1, round(p.epochs * 20)) for p in config.schedule.phases)
 
 
+def test_imagenet_compofa_is_the_fixed_kernel_compound_schedule_deps_counts() -> None:
+    """CompOFA's default run (train_ofa_net.py --task compound --fixed_kernel): full network 180 epochs, then
+    two compound phases (25 + 120 epochs) of 4 samples with the kernel fixed at 7; 325 epochs, DepS Table 2's 330."""
+    config = load_config(CONFIGS / "imagenet" / "compofa.yaml")
+    space = spaces.get(config.space)
+    sched = Schedule(config, space, steps_per_epoch=1, global_batch=256)
+    phases = {p.name: p for p in config.schedule.phases}  # type: ignore[union-attr]
+    assert [p.epochs for p in phases.values()] == [180, 25, 120] and sched.total_steps == 325
+    assert (phases["compound_1"].lr, phases["compound_2"].lr) == (0.01, 0.03)
+    plan = sched.plan(250)
+    assert plan.phase == "compound_2" and plan.compound and plan.num_random == 4
+    assert all(st.kernels == [max(space.stages[i].kernels)] for i, st in enumerate(plan.space.stages))
+    assert plan.space.size() > 1 and all(st.depths == space.stages[i].depths for i, st in enumerate(plan.space.stages))
+
+
 def test_linear_annealing_and_late_distillation() -> None:
     """EnNAS: linear lr annealing, and distillation only from `distill.start_epoch` on."""
     assert linear_lr(0, 100, 0.5, 0, 0.01, 0.0) == 0.5
