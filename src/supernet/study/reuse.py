@@ -27,7 +27,8 @@ def _read_json(path: Path) -> Any:
 
 
 def source_units(source: Path, spec: StudySpec) -> dict[str, tuple[str, Path]]:
-    """The finished units of the study directory `source`, by their unit record: (its study's name, folder).
+    """The finished units of the study directory `source`, by their unit record: (origin, folder), the origin
+    naming the study and the unit's run directory in it ("NAME:runs/TRIAL/budgetB/seedS").
 
     Refuses a directory that is not an aggregated study, or whose study searched with another protocol."""
     summary = source / "study.json"
@@ -42,7 +43,7 @@ def source_units(source: Path, spec: StudySpec) -> dict[str, tuple[str, Path]]:
     for record_path in sorted((source / "runs").glob(f"*/*/*/{UNIT_FILE}")):
         folder = record_path.parent
         if (folder / RESULT_FILE).is_file():
-            found.setdefault(_key(_read_json(record_path)), (str(doc.get("name")), folder))
+            found.setdefault(_key(_read_json(record_path)), (f"{doc.get('name')}:{folder.relative_to(source)}", folder))
     return found
 
 
@@ -66,11 +67,10 @@ def adopt_units(units: Sequence[Unit], out: Path, spec: StudySpec, sources: Sequ
         saved = folder / UNIT_FILE
         if origin is None or (saved.is_file() and _read_json(saved) != record):
             continue  # not run elsewhere, or this folder holds another version (pending_units refuses it)
-        name, source_folder = origin
+        label, source_folder = origin
         result = _read_json(source_folder / RESULT_FILE)
-        result.update(trial=unit.trial, budget=unit.budget, epochs=unit.epochs,
-                      run_dir=str(folder.relative_to(out)),
-                      reused_from=result.get("reused_from") or f"{name}:{source_folder.relative_to(source_folder.parents[3])}")
+        result.update(trial=unit.trial, budget=unit.budget, epochs=unit.epochs, run_dir=str(folder.relative_to(out)),
+                      reused_from=result.get("reused_from") or label)
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(saved, json.dumps(record, indent=2) + "\n")
         atomic_write_text(folder / RESULT_FILE, json.dumps(result, indent=2) + "\n")
