@@ -31,10 +31,12 @@ COMPARISONS = {
     ),
     # EnNAS section 4.3: the ablation without diversity-based sampling changes only the sampler.
     "ennas ablation": (["ennas.yaml", "ennas_wo_ds.yaml"], {"sampler"}),
-    # EnNAS Table 1 on one choice-block space: SPOS, Cream and DNA differ from EnNAS in sampling, teacher and loss only.
-    "ennas table 1": (["ennas.yaml", "spos.yaml", "cream.yaml", "dna.yaml"], {"sampler", "teacher", "distill"}),
-    "imagenet ennas table 1": (["imagenet/ennas.yaml", "imagenet/cream.yaml"], {"sampler", "teacher", "distill",
-                                                                                 "train.diagnostic_draws"}),
+    # EnNAS Table 1 on one choice-block space: SPOS, Cream and DNA differ from EnNAS in sampling, teacher and loss
+    # only, and in EnNAS's share of the data per epoch (1/m, so its sub-network passes equal SPOS's).
+    "ennas table 1": (["ennas.yaml", "spos.yaml", "cream.yaml", "dna.yaml"],
+                      {"sampler", "teacher", "distill", "train.epoch_fraction"}),
+    "imagenet ennas table 1": (["imagenet/ennas.yaml", "imagenet/cream.yaml"],
+                               {"sampler", "teacher", "distill", "train.diagnostic_draws", "train.epoch_fraction"}),
     "imagenet ennas ablation": (["imagenet/ennas.yaml", "imagenet/ennas_wo_ds.yaml"], {"sampler"}),
     # AlphaNet Tables 1-2 (section 4.1): slimmable networks without KD, with KL-KD and with adaptive KD.
     "alphanet table 1": (["slimmable_nokd.yaml", "slimmable_kl.yaml", "slimmable_adaptive.yaml"],
@@ -91,6 +93,16 @@ def test_spos_trains_one_uniform_path_on_labels_and_can_bin_by_macs() -> None:
     costs = [macs(space, binned.sample(ctx)[0], 10) / 1e6 for _ in range(400)]
     low, high = sum(c < 4 for c in costs), sum(4 <= c <= 6 for c in costs)
     assert low + high == len(costs) and abs(low - high) < 0.15 * len(costs)  # each bin drawn about half the time
+
+
+@pytest.mark.parametrize("recipe", ["ennas.yaml", "ennas_wo_ds.yaml", "imagenet/ennas.yaml", "imagenet/ennas_wo_ds.yaml"])
+def test_ennas_visits_one_mth_of_the_data_per_epoch_as_many_passes_as_spos(recipe: str) -> None:
+    """EnNAS section 4 and Table 1 (same GPU days as SPOS): m sub-networks a batch on 1/m of the data."""
+    config = load_config(CONFIGS / recipe)
+    m = config.sampler.num_networks if config.sampler.name == "diversity" else config.sampler.num_random
+    assert m == 4 and config.train.epoch_fraction == pytest.approx(1 / m)
+    spos = load_config(CONFIGS / recipe.replace("ennas_wo_ds", "spos").replace("ennas", "spos"))
+    assert spos.train.epoch_fraction * spos.sampler.num_random == pytest.approx(config.train.epoch_fraction * m)
 
 
 def test_progressive_recipes_train_as_many_epochs_as_the_others() -> None:

@@ -83,7 +83,7 @@ def test_ennas_trains_on_the_choice_space(tmp_path: Path) -> None:
     small_data(2048, 256)
     out = tmp_path / "ennas"
     assert main(["train", "configs/ennas.yaml", "--out", str(out), "--set", "train.epochs=2", *SMALL,
-                 "--set", "data.limit=1024"]) == 0
+                 "--set", "data.limit=1024", "--set", "train.epoch_fraction=1"]) == 0  # enough steps to see it learn
     records = [r for r in read_metrics(out) if r["kind"] == "train"]
     assert all(r["networks"] == 4 for r in records) and records[-1]["preparation_macs"] > 0
     losses = [r["loss"] for r in records]
