@@ -14,6 +14,7 @@ from supernet.study import (
     RayResources,
     StudyError,
     accuracy_under,
+    aggregate_finished,
     aggregate_study,
     at_targets,
     compare,
@@ -29,8 +30,8 @@ from supernet.study import (
 )
 from supernet.study.page import mean_front
 from supernet.study.reuse import adopt_units
-from supernet.study.runner import RESULT_FILE, calibrate, pending_units, train_command
-from supernet.study.tables import equal_front_table
+from supernet.study.runner import RESULT_FILE, calibrate, pending_units, train_command, unit_record
+from supernet.study.tables import equal_front_table, tmacs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = ["data.limit=256", "data.val_size=128", "train.recal_images=64", "train.eval_images=128",
@@ -210,6 +211,43 @@ def test_study_runs_in_parallel_aggregates_and_resumes(tmp_path: Path, capsys: p
     assert "holds another study ('tiny')" in capsys.readouterr().err
 
 
+def test_aggregate_only_publishes_the_finished_units_and_runs_none(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    study = write_study(tmp_path / "tiny.yaml")
+    out = tmp_path / "out"
+    only = ["study", str(study), "--out", str(out), "--aggregate-only"]
+    assert main(only) == 2
+    assert "does not exist; run the study first" in capsys.readouterr().err
+    spec, base = load_study(study)
+    first, second = plan_units(spec, base)
+    first.folder(out).mkdir(parents=True)
+    assert main(only) == 2
+    assert "no unit of study 'tiny' has finished" in capsys.readouterr().err
+
+    # seed 0 finished, seed 1 not started: seed 0 alone is aggregated, and nothing is trained
+    result = {**unit_result("nokd", 0, 0.6, 0.8, 0.7, [0.7]), "budget": first.budget, "epochs": first.epochs,
+              "front": [front_point(1e6, 0.69, 0.7)]}
+    (first.folder(out) / RESULT_FILE).write_text(json.dumps(result))
+    assert main(only) == 0
+    assert "aggregated the 1 of 2 units finished so far (none run)" in capsys.readouterr().out
+    (row,) = json.loads((out / "study.json").read_text())["rows"]
+    assert row["seeds"] == [0] and row["mean_pareto_test"]["mean"] == pytest.approx(0.7)
+    assert "| nokd | 1 | 1 |" in (out / "study.md").read_text() and (out / "study.html").is_file()
+    assert not second.folder(out).exists() and not (out / "logs").exists()
+    outcome = aggregate_finished(study, out)
+    assert (outcome.units, len(outcome.results), outcome.failures) == (2, 1, [])
+
+    # a unit folder that another version of the study wrote is refused, not aggregated
+    record = {**unit_record(first), "overrides": ["seed=9"]}
+    (first.folder(out) / "unit.json").write_text(json.dumps(record))
+    assert main(only) == 2
+    assert "use another --out, or delete that folder" in capsys.readouterr().err
+    # an equal-cost study that never calibrated has no epochs to plan with
+    write_study(study, budget={"rule": "cost", "epochs": [4], "reference": "nokd"})
+    assert main(only) == 2
+    assert "holds no calibrated cost for trial 'nokd' yet" in capsys.readouterr().err
+
+
 def test_calibration_measures_each_trials_cost_per_epoch(tmp_path: Path) -> None:
     trials = [{"name": "sandwich", "recipe": str(CONFIGS / "nokd.yaml")},
               {"name": "ends", "recipe": str(CONFIGS / "nokd.yaml"), "set": ["sampler.num_random=0"]}]
@@ -279,6 +317,12 @@ def test_cost_to_equal_front_against_hand_computed_ratios() -> None:
     assert high["trials"][1]["train_macs"] is None and high["trials"][1]["ratio"] is None
     table = equal_front_table(high)
     assert ("b", "not reached", "-", "-") in table.rows and table.rows[0][2] == "1.00x"
+
+
+def test_training_macs_read_as_tmacs_at_every_scale() -> None:
+    assert [tmacs(m) for m in (3.6e12, 4.2034e12, 99.994e12)] == ["3.60", "4.20", "99.99"]
+    # an ImageNet run's millions of TMACs, not 1.23e+06
+    assert tmacs(1.2345e18) == "1,234,500" and tmacs(250.4e12) == "250"
 
 
 def test_aggregated_files_hold_the_paper_style_tables(tmp_path: Path) -> None:

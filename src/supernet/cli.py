@@ -358,11 +358,16 @@ def _cmd_latency(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from supernet.study import RayResources, UnitFailed, run_study
+    from supernet.study import RayResources, UnitFailed, aggregate_finished, run_study
 
     def say(line: str) -> None:
         print(line, file=sys.stderr)
 
+    if args.aggregate_only:
+        outcome = aggregate_finished(args.study, args.out)
+        print(f"aggregated the {len(outcome.results)} of {outcome.units} units finished so far (none run); wrote "
+              f"{outcome.out / 'study.json'}, {outcome.out / 'study.md'} and {outcome.out / 'study.html'}")
+        return 0
     ray = RayResources(args.ray_processes, args.ray_cpus, args.ray_gpus)
     try:
         outcome = run_study(args.study, args.out, parallel=args.parallel, gpus=args.gpus, engine=args.engine,
@@ -756,6 +761,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="another study's directory whose finished units are adopted where they match one of "
                        "this study's exactly (recipe settings, overrides, seed, epochs, search protocol) instead "
                        "of being rerun; repeatable")
+    study.add_argument("--aggregate-only", action="store_true",
+                       help="run nothing: aggregate the units finished so far into study.json, study.md and "
+                       "study.html (a study run in parts, published part-way)")
     study.set_defaults(handler=_cmd_study)
 
     imp = commands.add_parser(

@@ -12,7 +12,7 @@ from supernet.study.plan import Unit, equal_cost_epochs, plan_units
 from supernet.study.ray_runner import RayResources, run_units_ray
 from supernet.study.runner import Slot, UnitFailed, make_slots, slot_env
 from supernet.study.spec import StudyError, StudySpec, load_study
-from supernet.study.study import StudyOutcome, aggregate_study, run_study
+from supernet.study.study import StudyOutcome, aggregate_finished, aggregate_study, run_study
 
 __all__ = [
     "RayResources",
@@ -23,6 +23,7 @@ __all__ = [
     "Unit",
     "UnitFailed",
     "accuracy_under",
+    "aggregate_finished",
     "aggregate_study",
     "at_targets",
     "compare",

@@ -31,6 +31,7 @@ from supernet.training.metrics import read_metrics
 
 RESULT_FILE = "result.json"
 UNIT_FILE = "unit.json"
+COST_FILE = "cost.json"
 
 
 @dataclass(frozen=True)
@@ -213,29 +214,39 @@ def pending_units(units: Sequence[Unit], out: Path, report: Callable[[str], None
     """The units without a result, after refusing unit folders that an earlier, different version of the
     study wrote; says how many had finished already."""
     for unit in units:
-        _check_unit_record(unit, out)
+        if not _check_unit_record(unit, out):
+            path = unit.folder(out) / UNIT_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(unit_record(unit), indent=2) + "\n")
     todo = [u for u in units if not (u.folder(out) / RESULT_FILE).is_file()]
     if len(todo) < len(units):
         report(f"{len(units) - len(todo)} of {len(units)} units already finished; running {len(todo)}")
     return todo
 
 
-def _check_unit_record(unit: Unit, out: Path) -> None:
-    """Refuse to continue a unit folder that an earlier, different version of the study wrote."""
+def finished_results(units: Sequence[Unit], out: Path) -> list[dict[str, Any]]:
+    """The results of the units that have finished, in plan order, after refusing unit folders that an
+    earlier, different version of the study wrote; writes nothing."""
+    for unit in units:
+        _check_unit_record(unit, out)
+    return read_results(units, out)
+
+
+def _check_unit_record(unit: Unit, out: Path) -> bool:
+    """Refuse a unit folder that an earlier, different version of the study wrote; whether it has a record."""
     path = unit.folder(out) / UNIT_FILE
+    if not path.is_file():
+        return False
     record = unit_record(unit)
-    if path.is_file():
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved.get("recipe_settings") != record["recipe_settings"]:
-            raise StudyError(f"{unit.folder(out)} was run with other settings in recipe {saved.get('recipe')}; use "
-                             "another --out, or delete that folder to rerun it")
-        if saved.get("overrides") != record["overrides"]:
-            raise StudyError(f"{unit.folder(out)} was run with {saved.get('overrides')} from {saved.get('recipe')}, "
-                             f"but the study now gives {record['overrides']}; use another --out, or delete that "
-                             "folder to rerun it")
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    if saved.get("recipe_settings") != record["recipe_settings"]:
+        raise StudyError(f"{unit.folder(out)} was run with other settings in recipe {saved.get('recipe')}; use "
+                         "another --out, or delete that folder to rerun it")
+    if saved.get("overrides") != record["overrides"]:
+        raise StudyError(f"{unit.folder(out)} was run with {saved.get('overrides')} from {saved.get('recipe')}, "
+                         f"but the study now gives {record['overrides']}; use another --out, or delete that "
+                         "folder to rerun it")
+    return True
 
 
 def run_units(units: Sequence[Unit], out: Path, spec: StudySpec, parallel: int = 1,
@@ -303,9 +314,9 @@ def calibrate(spec: StudySpec, base: Path, out: Path, cores: Sequence[int] | Non
     slot = make_slots(1, cores)[0]
     for trial in spec.trials:
         folder = out / "calibration" / trial.name
-        saved = folder / "cost.json"
+        saved = folder / COST_FILE
         if saved.is_file():
-            costs[trial.name] = json.loads(saved.read_text(encoding="utf-8"))["macs_per_epoch"]
+            costs[trial.name] = _read_cost(saved)
             continue
         report(f"calibrating {trial.name}: {b.calibration_epochs} epochs on {b.calibration_images} images")
         recipe, chosen = recipe_path(trial, base), trial_overrides(spec, trial)
@@ -319,3 +330,20 @@ def calibrate(spec: StudySpec, base: Path, out: Path, cores: Sequence[int] | Non
         atomic_write_text(saved, json.dumps({"macs_per_epoch": costs[trial.name], "epochs": b.calibration_epochs,
                                              "images": b.calibration_images}, indent=2) + "\n")
     return costs
+
+
+def saved_costs(spec: StudySpec, out: Path) -> dict[str, float]:
+    """Budget rule cost: the per-epoch costs an earlier run of the study calibrated into `out`, measuring none."""
+    costs: dict[str, float] = {}
+    for trial in spec.trials:
+        saved = out / "calibration" / trial.name / COST_FILE
+        if not saved.is_file():
+            raise StudyError(f"{out} holds no calibrated cost for trial {trial.name!r} yet; run the study (without "
+                             "--aggregate-only) to calibrate it")
+        costs[trial.name] = _read_cost(saved)
+    return costs
+
+
+def _read_cost(path: Path) -> float:
+    """A calibrated trial's counted training MACs per epoch."""
+    return float(json.loads(path.read_text(encoding="utf-8"))["macs_per_epoch"])

@@ -15,7 +15,15 @@ from supernet.study.page import write_page
 from supernet.study.plan import plan_units
 from supernet.study.ray_runner import RayResources, run_units_ray
 from supernet.study.reuse import adopt_units
-from supernet.study.runner import RESULT_FILE, calibrate, prepare_runs, read_results, run_units
+from supernet.study.runner import (
+    RESULT_FILE,
+    calibrate,
+    finished_results,
+    prepare_runs,
+    read_results,
+    run_units,
+    saved_costs,
+)
 from supernet.study.spec import StudyError, StudySpec, load_study
 from supernet.study.tables import budget_sections, equal_front_table, markdown
 
@@ -75,14 +83,7 @@ def run_study(path: str | os.PathLike[str], out: str | os.PathLike[str], paralle
         raise StudyError(f"unknown engine {engine!r}; use local or ray")
     spec, base = load_study(path)
     out = Path(out)
-    previous = out / "study.json"
-    if previous.is_file():
-        try:
-            name = json.loads(previous.read_text(encoding="utf-8")).get("name")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            name = None
-        if name != spec.name:
-            raise StudyError(f"{out} holds another study ({name!r}), not {spec.name!r}; use another --out")
+    _refuse_another_study(spec, out)
     out.mkdir(parents=True, exist_ok=True)
     prepare_runs(spec, base, out, cores, report)
     costs = calibrate(spec, base, out, cores, report) if spec.budget.rule == "cost" else None
@@ -99,4 +100,35 @@ def run_study(path: str | os.PathLike[str], out: str | os.PathLike[str], paralle
     return StudyOutcome(out, results, rows, comparisons, failures, len(units))
 
 
-__all__ = ["RESULT_FILE", "StudyOutcome", "aggregate_study", "run_study"]
+def aggregate_finished(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> StudyOutcome:
+    """Aggregate the units of the study in file `path` that have finished in `out`, running none (a study
+    run in parts, published part-way)."""
+    spec, base = load_study(path)
+    out = Path(out)
+    if not out.is_dir():
+        raise StudyError(f"{out} does not exist; run the study first (without --aggregate-only)")
+    _refuse_another_study(spec, out)
+    costs = saved_costs(spec, out) if spec.budget.rule == "cost" else None
+    units = plan_units(spec, base, costs)
+    results = finished_results(units, out)
+    if not results:
+        raise StudyError(f"no unit of study {spec.name!r} has finished in {out} yet; run the study (without "
+                         "--aggregate-only) first")
+    rows, comparisons = aggregate_study(spec, out, results, costs)
+    return StudyOutcome(out, results, rows, comparisons, [], len(units))
+
+
+def _refuse_another_study(spec: StudySpec, out: Path) -> None:
+    """Refuse a study directory whose study.json names another study."""
+    previous = out / "study.json"
+    if not previous.is_file():
+        return
+    try:
+        name = json.loads(previous.read_text(encoding="utf-8")).get("name")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        name = None
+    if name != spec.name:
+        raise StudyError(f"{out} holds another study ({name!r}), not {spec.name!r}; use another --out")
+
+
+__all__ = ["RESULT_FILE", "StudyOutcome", "aggregate_finished", "aggregate_study", "run_study"]

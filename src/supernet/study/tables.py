@@ -34,14 +34,20 @@ def _macs(macs: float) -> str:
     return f"{macs / 1e6:.3g} M"
 
 
+def tmacs(macs: float) -> str:
+    """Training MACs in TMACs: two decimals for a small run, whole numbers with thousands separators for a
+    large one (ImageNet's are in the millions)."""
+    return f"{macs / 1e12:,.2f}" if macs < 1e14 else f"{macs / 1e12:,.0f}"
+
+
 def _summary(at: Sequence[dict[str, Any]]) -> Table:
     rows = []
     for r in at:
-        tmacs, wall = r["train_macs"]["mean"], r["wall_time"]["mean"]
+        macs, wall = r["train_macs"]["mean"], r["wall_time"]["mean"]
         rows.append((r["trial"], f"{r['epochs']:g}", str(len(r["seeds"])), pct(r["smallest_test"]),
                      pct(r["largest_test"]),
                      pct(r["mean_pareto_test"]), pct(r["mean_pareto_val"]),
-                     "-" if tmacs is None else f"{tmacs / 1e12:.3g}", "-" if wall is None else f"{wall:.0f}"))
+                     "-" if macs is None else tmacs(macs), "-" if wall is None else f"{wall:.0f}"))
     return Table("Per trial, mean ± std over seeds (top-1 in %)",
                  ("trial", "epochs", "seeds", "smallest (test)", "largest (test)", "mean Pareto (test)",
                   "mean Pareto (val)", "training TMACs", "wall time (s)"), tuple(rows))
@@ -111,7 +117,7 @@ def equal_front_table(equal: dict[str, Any]) -> Table | None:
             continue
         bound = "≤ " if t["upper_bound"] else ""
         wall = "-" if t["wall_time"] is None else f"{bound}{t['wall_time']:.0f}"
-        rows.append((t["trial"], f"{bound}{t['train_macs'] / 1e12:.3g}", f"{bound}{t['ratio']:.2f}x", wall))
+        rows.append((t["trial"], f"{bound}{tmacs(t['train_macs'])}", f"{bound}{t['ratio']:.2f}x", wall))
     return Table((f"Training cost to reach a mean Pareto test accuracy of {100 * equal['level']:.2f}%, read off each "
                   "trial's budget curve (linear between budget points; ≤: reached at its cheapest point already, "
                   "so at most that), relative to the cheapest trial"),
