@@ -305,6 +305,11 @@ def prepare_runs(spec: StudySpec, base: Path, out: Path, cores: Sequence[int] | 
         atomic_write_text(done, json.dumps(record, indent=2) + "\n")
 
 
+def calibration_folder(out: Path, trial: str) -> Path:
+    """Where budget rule cost calibrates a trial: its short run and the cost.json it measured."""
+    return out / "calibration" / trial
+
+
 def calibrate(spec: StudySpec, base: Path, out: Path, cores: Sequence[int] | None = None,
               report: Callable[[str], None] = print) -> dict[str, float]:
     """Budget rule cost: each trial's counted training MACs per epoch, from a short run on a data subset
@@ -313,7 +318,7 @@ def calibrate(spec: StudySpec, base: Path, out: Path, cores: Sequence[int] | Non
     costs: dict[str, float] = {}
     slot = make_slots(1, cores)[0]
     for trial in spec.trials:
-        folder = out / "calibration" / trial.name
+        folder = calibration_folder(out, trial.name)
         saved = folder / COST_FILE
         if saved.is_file():
             costs[trial.name] = _read_cost(saved)
@@ -336,7 +341,7 @@ def saved_costs(spec: StudySpec, out: Path) -> dict[str, float]:
     """Budget rule cost: the per-epoch costs an earlier run of the study calibrated into `out`, measuring none."""
     costs: dict[str, float] = {}
     for trial in spec.trials:
-        saved = out / "calibration" / trial.name / COST_FILE
+        saved = calibration_folder(out, trial.name) / COST_FILE
         if not saved.is_file():
             raise StudyError(f"{out} holds no calibrated cost for trial {trial.name!r} yet; run the study (without "
                              "--aggregate-only) to calibrate it")
