@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +33,16 @@ from supernet.study import (
 )
 from supernet.study.page import mean_front
 from supernet.study.reuse import adopt_units
-from supernet.study.runner import RESULT_FILE, calibrate, pending_units, train_command, unit_record
+from supernet.study.runner import (
+    RESULT_FILE,
+    UnitFailed,
+    calibrate,
+    last_train_record,
+    pending_units,
+    run_logged,
+    train_command,
+    unit_record,
+)
 from supernet.study.tables import equal_front_table, tmacs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -236,6 +248,12 @@ def test_aggregate_only_publishes_the_finished_units_and_runs_none(tmp_path: Pat
     assert not second.folder(out).exists() and not (out / "logs").exists()
     outcome = aggregate_finished(study, out)
     assert (outcome.units, len(outcome.results), outcome.failures) == (2, 1, [])
+    # options that only matter when units run are refused rather than silently ignored
+    assert main([*only, "--parallel", "2", "--reuse", str(tmp_path)]) == 2
+    assert "--parallel, --reuse would be ignored; drop --aggregate-only" in capsys.readouterr().err
+    assert main([*only, "--engine", "ray"]) == 2
+    assert "--engine would be ignored" in capsys.readouterr().err
+    assert not second.folder(out).exists()
 
     # a unit folder that another version of the study wrote is refused, not aggregated
     record = {**unit_record(first), "overrides": ["seed=9"]}
@@ -273,6 +291,66 @@ def test_a_failing_unit_is_named_and_the_others_still_run(tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert "failed: broken budget 1 seed 0: `supernet train` exited with 2" in err and "optim.lr" in err
     assert "run the same command again" in err and "Traceback" not in err
+
+
+def test_a_stopped_unit_command_is_reported_as_resumable_not_as_an_error(tmp_path: Path) -> None:
+    log = tmp_path / "unit.log"
+    killed = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)", "train"]
+    with pytest.raises(UnitFailed, match=r"`supernet train` was stopped by SIGTERM before it finished; the unit "
+                                         r"resumes from its last checkpoint"):
+        run_logged(killed, dict(os.environ), log)
+    interrupted = [sys.executable, "-c", "raise SystemExit(130)", "search"]
+    with pytest.raises(UnitFailed, match="`supernet search` was interrupted before it finished"):
+        run_logged(interrupted, dict(os.environ), log)
+    broken = [sys.executable, "-c", "print('bad option x'); raise SystemExit(2)", "train"]
+    with pytest.raises(UnitFailed, match="`supernet train` exited with 2: bad option x"):
+        run_logged(broken, dict(os.environ), log)
+
+
+def test_ctrl_c_stops_a_study_its_running_unit_saves_and_no_other_unit_starts(tmp_path: Path) -> None:
+    study = write_study(tmp_path / "s.yaml", budget={"rule": "epochs", "epochs": 200})
+    out = tmp_path / "out"
+    first, second = (out / "runs" / "nokd" / "budget200" / f"seed{seed}" for seed in (0, 1))
+    study_process = subprocess.Popen([sys.executable, "-m", "supernet", "study", str(study), "--out", str(out)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (first / "checkpoints").is_dir() or not any((first / "checkpoints").iterdir()):
+        assert study_process.poll() is None and time.monotonic() < deadline, "the first unit never trained"
+        time.sleep(0.2)
+    # SIGINT to the study alone (as `kill -INT`); a terminal's Ctrl-C also reaches the unit itself
+    study_process.send_signal(signal.SIGINT)
+    _, err = study_process.communicate(timeout=120)
+    assert study_process.returncode == 130
+    assert "interrupted; run the same command again to continue" in err and "Traceback" not in err
+    assert "interrupted before it finished" not in err  # an interruption is not reported as a failed unit
+    assert not (first / RESULT_FILE).exists() and not (second / "config.yaml").exists()
+    log = (out / "logs" / "nokd-budget200-seed0.log").read_text()
+    assert "interrupted" in log  # the unit's `supernet train` got the SIGINT and saved its progress
+    leftover = [c for c in Path("/proc").glob("[0-9]*/cmdline") if str(out) in _read_quietly(c)]
+    assert leftover == []
+
+
+def _read_quietly(path: Path) -> str:
+    try:
+        return path.read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_a_units_cost_is_read_at_its_last_step(tmp_path: Path) -> None:
+    # runs from before every last step was logged: the final eval record holds the whole cost
+    records = [{"kind": "train", "step": 900, "train_macs": 90, "wall_time": 9.0},
+               {"kind": "eval", "step": 936, "epoch": 6, "train_macs": 93.6, "wall_time": 9.4},
+               {"kind": "eval", "step": 936, "epoch": 6, "smallest_top1": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert last_train_record(tmp_path)["train_macs"] == 93.6
+    # at the same step, the train record is the one read
+    records.append({"kind": "train", "step": 936, "train_macs": 93.6, "wall_time": 9.3})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert last_train_record(tmp_path)["wall_time"] == 9.3
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(records[1]) + "\n")
+    with pytest.raises(StudyError, match="logged no training record"):
+        last_train_record(tmp_path)
 
 
 def front_point(macs: float, val: float, test: float) -> dict:
@@ -431,6 +509,15 @@ def test_a_prepared_teacher_serves_a_dna_trial(tmp_path: Path) -> None:
     assert str((tmp_path / "out" / "prepare" / "teacher").resolve()) in config
     assert json.loads((tmp_path / "out" / "runs" / "dna" / "budget1" / "seed0" / "unit.json").read_text())[
         "overrides"][-3] == "teacher.checkpoint={prepare:teacher}"  # the record keeps the placeholder
+    # the teacher's training is reported beside the trial's cost, not hidden
+    records = [json.loads(line) for line in (tmp_path / "out" / "prepare" / "teacher" / "metrics.jsonl").open()]
+    teacher_macs = [r for r in records if r.get("kind") == "train"][-1]["train_macs"]
+    (prepared,) = json.loads((tmp_path / "out" / "study.json").read_text())["prepared"]
+    assert prepared["name"] == "teacher" and prepared["used_by"] == ["dna"]
+    assert prepared["train_macs"] == teacher_macs > 0
+    assert (f"Prepared run teacher (dna_teacher.yaml, used by dna) trained once for the whole study: "
+            f"{tmacs(teacher_macs)} TMACs") in (tmp_path / "out" / "study.md").read_text()
+    assert outcome.results[0]["train_macs"] != teacher_macs
     lines.clear()
     run_study(study, tmp_path / "out", report=lines.append)
     assert not any("preparing" in line for line in lines)  # prepared once

@@ -51,3 +51,14 @@ def test_logged_training_macs_match_what_ran(tmp_path, recipe: str) -> None:
     last = [r for r in read_metrics(trainer.run_dir.root) if r["kind"] == "train"][-1]
     assert last["train_macs"] <= logged and all(f"{kind}_macs" in last for kind in PASS_KINDS)
     assert last["elapsed"] >= last["wall_time"] > 0 and last["gpu_hours"] == 0.0  # no GPU here
+
+
+def test_the_last_logged_record_holds_the_whole_runs_cost(tmp_path) -> None:
+    # logging every 1000 steps: the first step and the last are still logged, the last with the full cost
+    config = quick_config("nokd.yaml", "train.epochs=1", "train.eval_every_epochs=0", "train.log_every_steps=1000")
+    trainer = Trainer(config, tmp_path / "run", data=small_data(), progress=False)
+    trainer.run()
+    steps = [r["step"] for r in read_metrics(trainer.run_dir.root) if r["kind"] == "train"]
+    assert steps == [1, trainer.schedule.total_steps] and trainer.schedule.total_steps > 2
+    last = [r for r in read_metrics(trainer.run_dir.root) if r["kind"] == "train"][-1]
+    assert last["train_macs"] == trainer.counters["train_macs"] and last["wall_time"] == trainer.counters["wall_time"]

@@ -364,6 +364,11 @@ def _cmd_study(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
 
     if args.aggregate_only:
+        ignored = [flag for flag, value, default in _STUDY_RUN_OPTIONS if getattr(args, value) != default]
+        if ignored:
+            print(f"supernet study: error: --aggregate-only runs nothing, so {', '.join(ignored)} would be ignored; "
+                  "drop --aggregate-only to run the study, or drop those options", file=sys.stderr)
+            return 2
         outcome = aggregate_finished(args.study, args.out)
         print(f"aggregated the {len(outcome.results)} of {outcome.units} units finished so far (none run); wrote "
               f"{outcome.out / 'study.json'}, {outcome.out / 'study.md'} and {outcome.out / 'study.html'}")
@@ -386,6 +391,13 @@ def _cmd_study(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+# the study options that only matter when units run: (flag, argparse name, default)
+_STUDY_RUN_OPTIONS = (("--parallel", "parallel", 1), ("--gpus", "gpus", 0), ("--engine", "engine", "local"),
+                      ("--ray-address", "ray_address", None), ("--ray-processes", "ray_processes", 1),
+                      ("--ray-cpus", "ray_cpus", 1), ("--ray-gpus", "ray_gpus", 0), ("--ray-retries", "ray_retries", 2),
+                      ("--reuse", "reuse", []))
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
@@ -763,7 +775,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "of being rerun; repeatable")
     study.add_argument("--aggregate-only", action="store_true",
                        help="run nothing: aggregate the units finished so far into study.json, study.md and "
-                       "study.html (a study run in parts, published part-way)")
+                       "study.html (a study run in parts, published part-way); refuses --parallel, --reuse, --engine and "
+                       "--ray-*")
     study.set_defaults(handler=_cmd_study)
 
     imp = commands.add_parser(

@@ -283,7 +283,8 @@ class TrainConfig(_Section):
     )
     checkpoint_every_steps: int = Field(200, gt=0, description="how often `latest.pt` is refreshed")
     keep_epoch_checkpoints: bool = True
-    log_every_steps: int = Field(20, gt=0)
+    log_every_steps: int = Field(20, gt=0, description="how often a training record is written to metrics.jsonl; "
+                                 "the first and the last step always are (the last holds the run's whole cost)")
     max_nonfinite_steps: int = Field(5, gt=0, description="stop after this many non-finite losses in a row")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
     sync_bn: bool = Field(False, description="multi-process: BN statistics over the global batch (SyncBatchNorm)")

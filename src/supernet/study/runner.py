@@ -14,8 +14,10 @@ import json
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -126,19 +128,85 @@ class UnitFailed(RuntimeError):
     """A unit's subprocess exited with an error; the message names the unit, the command and its log."""
 
 
-def run_logged(argv: list[str], env: dict[str, str], log: Path, cores: tuple[int, ...] | None = None) -> None:
-    """Run one CLI call with its output appended to `log` (pinned to `cores` when given); UnitFailed if it fails."""
+class RunningCalls:
+    """The CLI calls running for a study's units, from several threads; `stop` interrupts them all and
+    refuses to start any other."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._processes: set[subprocess.Popen[bytes]] = set()
+        self.stopped = False
+
+    def start(self, argv: list[str], **popen: Any) -> subprocess.Popen[bytes] | None:
+        """Start one call, or None once the study is stopping."""
+        with self._lock:
+            if self.stopped:
+                return None
+            process = subprocess.Popen(argv, **popen)
+            self._processes.add(process)
+            return process
+
+    def done(self, process: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._processes.discard(process)
+
+    def stop(self) -> None:
+        """Start no other call; SIGINT the running ones (each saves its progress) and wait until they stop."""
+        with self._lock:
+            self.stopped = True
+            processes = list(self._processes)
+        interrupt(processes)
+
+
+def run_logged(argv: list[str], env: dict[str, str], log: Path, cores: tuple[int, ...] | None = None,
+               calls: RunningCalls | None = None) -> None:
+    """Run one CLI call with its output appended to `log` (pinned to `cores` when given); UnitFailed if it fails
+    or `calls` is stopping. Interrupted here (Ctrl-C in this thread), the call gets SIGINT, so that it saves
+    its progress, and this waits for it to stop."""
     log.parent.mkdir(parents=True, exist_ok=True)
     pin = None if cores is None else (lambda: os.sched_setaffinity(0, cores))
+    calls = RunningCalls() if calls is None else calls
     with log.open("a", encoding="utf-8") as fh:
         fh.write("$ " + " ".join(argv[2:]) + "\n")
         fh.flush()
-        code = subprocess.run(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, check=False,
-                              preexec_fn=pin).returncode
-    if code != 0:
-        lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-        raise UnitFailed(f"`supernet {argv[3]}` exited with {code}: {lines[-1] if lines else 'no output'} "
-                         f"(log: {log})")
+        process = calls.start(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, preexec_fn=pin)
+        if process is None:
+            raise UnitFailed(f"`supernet {argv[3]}` was not started: the study is stopping")
+        try:
+            code = process.wait()
+        except KeyboardInterrupt:
+            interrupt([process])
+            raise
+        finally:
+            calls.done(process)
+    if code == 0:
+        return
+    if code < 0 or code == INTERRUPTED_EXIT:  # a signal, or Ctrl-C that the command caught and saved after
+        how = "was interrupted" if code == INTERRUPTED_EXIT else f"was stopped by {_signal_name(-code)}"
+        raise UnitFailed(f"`supernet {argv[3]}` {how} before it finished; the unit resumes from its last "
+                         f"checkpoint when the study runs again (log: {log})")
+    lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    raise UnitFailed(f"`supernet {argv[3]}` exited with {code}: {lines[-1] if lines else 'no output'} (log: {log})")
+
+
+def interrupt(processes: Sequence[subprocess.Popen[bytes]]) -> None:
+    """Send SIGINT to running CLI calls (each saves its progress and exits) and wait until they have stopped."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    for process in processes:
+        process.wait()
+
+
+# the exit status of a CLI command that caught Ctrl-C (128 + SIGINT, as a shell reports it)
+INTERRUPTED_EXIT = 130
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def unit_log(unit: Unit, out: Path) -> Path:
@@ -147,11 +215,13 @@ def unit_log(unit: Unit, out: Path) -> Path:
 
 
 def last_train_record(run: Path) -> dict[str, Any]:
-    """The last `train` record of a run's metrics.jsonl (cumulative cost counters)."""
-    records = [r for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "train"]
-    if not records:
+    """The latest record of a run's metrics.jsonl that holds its cumulative cost counters: the last `train`
+    record, or an `eval` record written at a later step (runs that logged training every N steps only)."""
+    records = [r for r in read_metrics(run / "metrics.jsonl") if r.get("kind") in ("train", "eval")
+               and "train_macs" in r]
+    if not any(r.get("kind") == "train" for r in records):
         raise StudyError(f"{run} logged no training record; its metrics.jsonl is empty or damaged")
-    return records[-1]
+    return max(records, key=lambda r: (r.get("step", 0), r.get("kind") == "train"))
 
 
 _DIAGNOSTICS = ("teacher_top1", "student_top1", "teacher_gap", "logit_distance")
@@ -259,22 +329,33 @@ def run_units(units: Sequence[Unit], out: Path, spec: StudySpec, parallel: int =
     for slot in make_slots(width, cores, gpus):
         slots.put(slot)
     failures: list[str] = []
+    calls = RunningCalls()
 
     def work(unit: Unit) -> None:
         slot = slots.get()
         try:
             env = slot_env(slot, width)
             for argv in unit_commands(unit, out, spec, len(slot.cores)):
-                run_logged(argv, env, unit_log(unit, out), slot.cores)
+                run_logged(argv, env, unit_log(unit, out), slot.cores, calls)
             finish_unit(unit, out)
             report(f"finished {unit.trial} (budget {unit.budget}, {unit.epochs} epochs, seed {unit.seed})")
         except UnitFailed as err:
-            failures.append(f"{unit.trial} budget {unit.budget} seed {unit.seed}: {err}")
+            if not calls.stopped:
+                failures.append(f"{unit.trial} budget {unit.budget} seed {unit.seed}: {err}")
         finally:
             slots.put(slot)
 
-    with ThreadPoolExecutor(max_workers=width) as pool:
-        list(pool.map(work, todo))
+    pool = ThreadPoolExecutor(max_workers=width)
+    try:
+        for future in [pool.submit(work, unit) for unit in todo]:
+            future.result()
+    except KeyboardInterrupt:
+        # Ctrl-C: start no other unit, let the running ones save their progress, then report the interruption
+        pool.shutdown(wait=False, cancel_futures=True)
+        calls.stop()
+        raise
+    finally:
+        pool.shutdown(wait=True)
     return read_results(units, out), failures
 
 
@@ -303,6 +384,22 @@ def prepare_runs(spec: StudySpec, base: Path, out: Path, cores: Sequence[int] | 
         run_logged(train_command(unit, run, len(slot.cores), out), slot_env(slot, 1),
                    out / "logs" / f"prepare-{entry.name}.log", slot.cores)
         atomic_write_text(done, json.dumps(record, indent=2) + "\n")
+
+
+def prepared_costs(spec: StudySpec, out: Path) -> list[dict[str, Any]]:
+    """The training cost of each prepared run that has finished, with the trials that use it: trained once and
+    shared by every unit of those trials, so it is reported beside their training cost, not inside it."""
+    costs = []
+    for entry in spec.prepare:
+        run = prepared_folder(out, entry.name)
+        if not (run / "prepared.json").is_file():
+            continue
+        cost = last_train_record(run)
+        users = [t.name for t in spec.trials if any(f"{{prepare:{entry.name}}}" in o for o in (*spec.set, *t.set))]
+        costs.append({"name": entry.name, "recipe": Path(entry.recipe).name, "used_by": users,
+                      "train_macs": cost.get("train_macs"), "wall_time": cost.get("wall_time"),
+                      "gpu_hours": cost.get("gpu_hours")})
+    return costs
 
 
 def calibration_folder(out: Path, trial: str) -> Path:

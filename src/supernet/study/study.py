@@ -20,12 +20,13 @@ from supernet.study.runner import (
     calibrate,
     finished_results,
     prepare_runs,
+    prepared_costs,
     read_results,
     run_units,
     saved_costs,
 )
 from supernet.study.spec import StudyError, StudySpec, load_study
-from supernet.study.tables import budget_sections, equal_front_table, markdown
+from supernet.study.tables import budget_sections, equal_front_table, markdown, prepared_note
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,10 @@ def aggregate_study(spec: StudySpec, out: Path, results: Sequence[dict[str, Any]
     targets = spec.tables.macs_targets or default_targets(results)
     target_rows = at_targets(results, trials, targets)
     equal = cost_to_equal_front(rows, trials, spec.tables.equal_front_level)
+    prepared = prepared_costs(spec, out)
     doc = {"name": spec.name, "description": spec.description, "spec": spec.model_dump(mode="json"),
-           "calibration": costs, "rows": rows, "comparisons": comparisons, "at_targets": target_rows,
-           "equal_front": equal, "units": list(results)}
+           "calibration": costs, "prepared": prepared, "rows": rows, "comparisons": comparisons,
+           "at_targets": target_rows, "equal_front": equal, "units": list(results)}
     atomic_write_text(out / "study.json", json.dumps(doc, indent=2) + "\n")
     rule = {"epochs": "equal epochs", "recipe": "the epochs their recipes give",
             "cost": f"equal counted training MACs to {spec.budget.reference} at the listed epochs"}[spec.budget.rule]
@@ -60,9 +62,10 @@ def aggregate_study(spec: StudySpec, out: Path, results: Sequence[dict[str, Any]
                 "top-1 of sub-networks selected on val (mean ± std over seeds).")
     sections = budget_sections(rows, comparisons, target_rows)
     equal_table = equal_front_table(equal) if len(trials) > 1 else None
-    head = [f"# Study {spec.name}", "", spec.description, "", protocol, "", ""]
+    intro = [spec.description, protocol, *(prepared_note(p) for p in prepared)]
+    head = [f"# Study {spec.name}", "", *(line for text in intro for line in (text, "")), ""]
     atomic_write_text(out / "study.md", "\n".join(head) + markdown(sections, equal_table) + "\n")
-    write_page(out, f"Study {spec.name}", [spec.description, protocol], sections, equal_table, results, rows, trials)
+    write_page(out, f"Study {spec.name}", intro, sections, equal_table, results, rows, trials)
     return rows, comparisons
 
 

@@ -129,6 +129,16 @@ def _table_md(table: Table) -> list[str]:
             "|---|" + "---:|" * (len(table.header) - 1), *("| " + " | ".join(row) + " |" for row in table.rows), ""]
 
 
+def prepared_note(prepared: dict[str, Any]) -> str:
+    """One sentence on a prepared run's training cost, which its trials' training cost leaves out."""
+    users = ", ".join(prepared["used_by"]) or "no trial"
+    macs = "unknown" if prepared["train_macs"] is None else tmacs(prepared["train_macs"])
+    wall = "" if prepared["wall_time"] is None else f", {prepared['wall_time']:.0f} s"
+    return (f"Prepared run {prepared['name']} ({prepared['recipe']}, used by {users}) trained once for the whole "
+            f"study: {macs} TMACs{wall}. It is not in the training cost of the trials that use it; add it to "
+            "compare their total cost.")
+
+
 def markdown(sections: Sequence[Section], equal: Table | None) -> str:
     """The study's tables and comparisons as Markdown."""
     lines: list[str] = []

@@ -823,7 +823,9 @@ class Trainer:
         if out is not None:
             bar.set_postfix(phase=plan.phase, epoch=epoch + 1, loss=f"{out['loss']:.3f}", lr=f"{plan.lr:.4f}",
                             eps=f"{plan.sub_scale:.3g}", refresh=False)
-            if self.global_step % cfg.train.log_every_steps == 0 or self.global_step == 1:
+            # the first and the last step are always logged: the last record holds the run's whole cost
+            if (self.global_step % cfg.train.log_every_steps == 0 or self.global_step == 1
+                    or self.global_step == self.schedule.total_steps):
                 self._tick()
                 self.log.write({
                     "kind": "train", "step": self.global_step, "epoch": epoch + 1, "phase": plan.phase,
