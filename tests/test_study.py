@@ -43,7 +43,7 @@ from supernet.study.runner import (
     train_command,
     unit_record,
 )
-from supernet.study.tables import equal_front_table, tmacs
+from supernet.study.tables import equal_front_table, pct, tmacs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = ["data.limit=256", "data.val_size=128", "train.recal_images=64", "train.eval_images=128",
@@ -395,6 +395,11 @@ def test_cost_to_equal_front_against_hand_computed_ratios() -> None:
     assert high["trials"][1]["train_macs"] is None and high["trials"][1]["ratio"] is None
     table = equal_front_table(high)
     assert ("b", "not reached", "-", "-") in table.rows and table.rows[0][2] == "1.00x"
+
+
+def test_one_seeds_figure_says_so_instead_of_a_zero_spread() -> None:
+    assert pct(mean_std([0.9037])) == "90.37 (1 seed)"
+    assert pct(mean_std([0.9, 0.9])) == "90.00 ± 0.00" and pct(mean_std([None])) == "-"
 
 
 def test_training_macs_read_as_tmacs_at_every_scale() -> None:
