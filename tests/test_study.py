@@ -37,7 +37,7 @@ from supernet.study.runner import (
     RESULT_FILE,
     UnitFailed,
     calibrate,
-    last_train_record,
+    final_cost_record,
     pending_units,
     run_logged,
     train_command,
@@ -343,14 +343,14 @@ def test_a_units_cost_is_read_at_its_last_step(tmp_path: Path) -> None:
                {"kind": "eval", "step": 936, "epoch": 6, "train_macs": 93.6, "wall_time": 9.4},
                {"kind": "eval", "step": 936, "epoch": 6, "smallest_top1": 0.5}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert last_train_record(tmp_path)["train_macs"] == 93.6
+    assert final_cost_record(tmp_path)["train_macs"] == 93.6
     # at the same step, the train record is the one read
     records.append({"kind": "train", "step": 936, "train_macs": 93.6, "wall_time": 9.3})
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert last_train_record(tmp_path)["wall_time"] == 9.3
+    assert final_cost_record(tmp_path)["wall_time"] == 9.3
     (tmp_path / "metrics.jsonl").write_text(json.dumps(records[1]) + "\n")
     with pytest.raises(StudyError, match="logged no training record"):
-        last_train_record(tmp_path)
+        final_cost_record(tmp_path)
 
 
 def front_point(macs: float, val: float, test: float) -> dict:

@@ -364,7 +364,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
 
     if args.aggregate_only:
-        ignored = [flag for flag, value, default in _STUDY_RUN_OPTIONS if getattr(args, value) != default]
+        ignored = ["--" + dest.replace("_", "-") for dest in _STUDY_RUN_OPTIONS
+                   if getattr(args, dest) != args.run_defaults[dest]]
         if ignored:
             print(f"supernet study: error: --aggregate-only runs nothing, so {', '.join(ignored)} would be ignored; "
                   "drop --aggregate-only to run the study, or drop those options", file=sys.stderr)
@@ -393,11 +394,9 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
-# the study options that only matter when units run: (flag, argparse name, default)
-_STUDY_RUN_OPTIONS = (("--parallel", "parallel", 1), ("--gpus", "gpus", 0), ("--engine", "engine", "local"),
-                      ("--ray-address", "ray_address", None), ("--ray-processes", "ray_processes", 1),
-                      ("--ray-cpus", "ray_cpus", 1), ("--ray-gpus", "ray_gpus", 0), ("--ray-retries", "ray_retries", 2),
-                      ("--reuse", "reuse", []))
+# the study options that only matter when units run (their argparse names)
+_STUDY_RUN_OPTIONS = ("parallel", "gpus", "engine", "ray_address", "ray_processes", "ray_cpus", "ray_gpus",
+                      "ray_retries", "reuse")
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
@@ -777,7 +776,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run nothing: aggregate the units finished so far into study.json, study.md and "
                        "study.html (a study run in parts, published part-way); refuses --parallel, --reuse, --engine and "
                        "--ray-*")
-    study.set_defaults(handler=_cmd_study)
+    study.set_defaults(handler=_cmd_study,
+                       run_defaults={dest: study.get_default(dest) for dest in _STUDY_RUN_OPTIONS})
 
     imp = commands.add_parser(
         "import", help="read a published OFA or AttentiveNAS/AlphaNet supernet checkpoint into a run directory",

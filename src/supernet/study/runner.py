@@ -214,7 +214,7 @@ def unit_log(unit: Unit, out: Path) -> Path:
     return out / "logs" / f"{unit.trial}-budget{unit.budget}-seed{unit.seed}.log"
 
 
-def last_train_record(run: Path) -> dict[str, Any]:
+def final_cost_record(run: Path) -> dict[str, Any]:
     """The latest record of a run's metrics.jsonl that holds its cumulative cost counters: the last `train`
     record, or an `eval` record written at a later step (runs that logged training every N steps only)."""
     records = [r for r in read_metrics(run / "metrics.jsonl") if r.get("kind") in ("train", "eval")
@@ -247,7 +247,7 @@ def collect_result(unit: Unit, out: Path) -> dict[str, Any]:
     """A finished unit's figures: the search's front, extremes, buckets, mean Pareto accuracy; training cost."""
     run = unit.folder(out)
     front = json.loads((run / "search" / "front.json").read_text(encoding="utf-8"))
-    cost = last_train_record(run)
+    cost = final_cost_record(run)
     return {
         "trial": unit.trial, "seed": unit.seed, "budget": unit.budget, "epochs": unit.epochs,
         "recipe": unit.recipe.name, "overrides": list(unit.overrides), "run_dir": str(run.relative_to(out)),
@@ -394,7 +394,7 @@ def prepared_costs(spec: StudySpec, out: Path) -> list[dict[str, Any]]:
         run = prepared_folder(out, entry.name)
         if not (run / "prepared.json").is_file():
             continue
-        cost = last_train_record(run)
+        cost = final_cost_record(run)
         users = [t.name for t in spec.trials if any(f"{{prepare:{entry.name}}}" in o for o in (*spec.set, *t.set))]
         costs.append({"name": entry.name, "recipe": Path(entry.recipe).name, "used_by": users,
                       "train_macs": cost.get("train_macs"), "wall_time": cost.get("wall_time"),
@@ -428,7 +428,7 @@ def calibrate(spec: StudySpec, base: Path, out: Path, cores: Sequence[int] | Non
         run = folder / "run"
         run_logged(train_command(unit, run, len(slot.cores), out), slot_env(slot, 1),
                    out / "logs" / f"calibration-{trial.name}.log", slot.cores)
-        costs[trial.name] = last_train_record(run)["train_macs"] / b.calibration_epochs
+        costs[trial.name] = final_cost_record(run)["train_macs"] / b.calibration_epochs
         atomic_write_text(saved, json.dumps({"macs_per_epoch": costs[trial.name], "epochs": b.calibration_epochs,
                                              "images": b.calibration_images}, indent=2) + "\n")
     return costs

@@ -26,18 +26,14 @@ class Section:
 
 
 def pct(stat: dict[str, Any]) -> str:
-    """A mean ± std of fractions, in percent; one seed's value says so instead of showing a spread of 0."""
-    if stat["mean"] is None:
-        return "-"
-    if stat.get("n") == 1:
-        return f"{100 * stat['mean']:.2f} (1 seed)"
-    return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
+    """A mean ± std of fractions, in percent."""
+    return "-" if stat["mean"] is None else _mean_std(stat, 100, 2)
 
 
-def _distance(stat: dict[str, Any]) -> str:
-    if stat.get("n") == 1:
-        return f"{stat['mean']:.3f} (1 seed)"
-    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+def _mean_std(stat: dict[str, Any], scale: float, digits: int) -> str:
+    """mean ± std, scaled; one seed's value says so instead of showing a spread of 0."""
+    mean = f"{scale * stat['mean']:.{digits}f}"
+    return f"{mean} (1 seed)" if stat.get("n") == 1 else f"{mean} ± {scale * stat['std']:.{digits}f}"
 
 
 def _macs(macs: float) -> str:
@@ -82,7 +78,7 @@ def _diagnostics(at: Sequence[dict[str, Any]]) -> Table | None:
     if not shown:
         return None
     rows = tuple((r["trial"], pct(r["teacher_top1"]), pct(r["student_top1"]), pct(r["teacher_gap"]),
-                  _distance(r["logit_distance"])) for r in shown)
+                  _mean_std(r["logit_distance"], 1, 3)) for r in shown)
     return Table(("Diagnostics at the last epoch (EnNAS section 4.2-4.3): val top-1 of the groups the recipe "
                   "draws, the teacher being the ensemble or the largest sub-network, and the students' diversity"),
                  ("trial", "teacher top-1", "mean student top-1", "teacher - student", "mean pairwise logit distance"),
